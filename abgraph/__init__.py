@@ -1,0 +1,18 @@
+"""abgraph: provenance graphs for PyTorch ablation and pruning studies.
+
+An experiment is a DAG of states (a model plus its data) joined by recipes;
+every node is identified by how it was made, computed once, stored, and can be
+restored, queried and drawn later.
+"""
+__version__ = "0.1.0"
+
+from .device import current_device
+from .executors import Executor, SerialExecutor
+from .experiment import Experiment
+from .graph import ExperimentGraph, NodeSet
+from .recipes import Recipe, function
+from .report import RunReport
+from .state import ExperimentState, StatePromise
+
+__all__ = ["Experiment", "ExperimentGraph", "ExperimentState", "Executor", "NodeSet", "Recipe",
+           "RunReport", "SerialExecutor", "StatePromise", "current_device", "function"]

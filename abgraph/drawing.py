@@ -1,0 +1,102 @@
+"""Drawing an experiment graph with graphviz, readable enough for a paper."""
+from __future__ import annotations
+
+import html
+from pathlib import Path
+
+FORMATS = ("pdf", "svg", "png")
+_STATUS_STYLE = {
+    "done": {"style": "rounded,filled", "color": "#4d4d4d"},
+    "failed": {"style": "rounded,filled,bold", "color": "#c0392b", "fillcolor": "#f5b7b1"},
+    "blocked": {"style": "rounded,dashed", "color": "#999999", "fontcolor": "#777777"},
+}
+# a light sequential scale (low -> high) that keeps black text readable
+_SCALE = ["#f7fbff", "#deebf7", "#c6dbef", "#9ecae1", "#6baed6", "#4292c6"]
+
+
+def default_label(node, metrics=()) -> str:
+    """Recipe and its properties, tags, chosen metrics, short id (graphviz HTML label)."""
+    record = node._ab_record
+    name = record.recipe.rsplit(".", 1)[-1]
+    values = record.properties if name == "root" else record.recipe_properties
+    lines = [f"<B>{html.escape(name)}</B>"]
+    lines += [html.escape(f"{k}={_short(v)}") for k, v in values.items()]
+    if record.tags:
+        lines.append(f"<I>{html.escape(', '.join(record.tags))}</I>")
+    for metric in metrics:
+        value = record.metrics.get(metric, _result(record, metric))
+        if value is not None:
+            lines.append(html.escape(f"{metric}={_short(value)}"))
+    if record.status != "done":
+        lines.append(f"<B>{record.status.upper()}</B>")
+    lines.append(f'<FONT POINT-SIZE="8" COLOR="#666666">{record.id[:8]}</FONT>')
+    return "<" + "<BR/>".join(lines) + ">"
+
+
+def _result(record, dotted):
+    name, _, key = dotted.partition(".")
+    value = record.results.get(name)
+    return value.get(key) if isinstance(value, dict) and key else (value if not key else None)
+
+
+def _short(value) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, dict) and len(value) == 1 and "float" in value:
+        return value["float"]
+    text = str(value)
+    return text if len(text) <= 24 else text[:21] + "..."
+
+
+def to_dot(graph, label=None, color_by=None, metrics=None):
+    import graphviz
+    metrics = list(metrics or ([color_by] if color_by else []))
+    dot = graphviz.Digraph("experiment", graph_attr={"rankdir": "TB", "nodesep": "0.25", "ranksep": "0.35"},
+                           node_attr={"shape": "box", "fontname": "Helvetica", "fontsize": "10",
+                                      "fillcolor": "#ffffff"},
+                           edge_attr={"color": "#666666", "arrowsize": "0.6"})
+    colors = _colors(graph, color_by) if color_by else {}
+    for node in graph.nodes:
+        record = node._ab_record
+        style = dict(_STATUS_STYLE.get(record.status, {}))
+        if node.id in colors and record.status == "done":
+            style["fillcolor"] = colors[node.id]
+        text = label(node) if label else default_label(node, metrics)
+        dot.node(node.id, text, **style)
+        for parent in record.parents:
+            dot.edge(parent, node.id)
+    return dot
+
+
+def _colors(graph, metric) -> dict:
+    values = {}
+    for node in graph.nodes:
+        value = node._ab_record.metrics.get(metric, _result(node._ab_record, metric))
+        if isinstance(value, (int, float)) and value == value:
+            values[node.id] = float(value)
+    if not values:
+        known = sorted({m for n in graph.nodes for m in n._ab_record.metrics})
+        raise ValueError(f"no node has the metric {metric!r}; metrics in this experiment: {known}")
+    low, high = min(values.values()), max(values.values())
+    span = (high - low) or 1.0
+    return {k: _SCALE[min(len(_SCALE) - 1, int((v - low) / span * len(_SCALE)))] for k, v in values.items()}
+
+
+def draw(graph, filename=None, format="pdf", label=None, color_by=None, metrics=None):
+    """Write `filename.format` (pdf, svg or png) and return its path; with no
+    filename, return the graphviz object (a notebook shows it inline)."""
+    if format not in FORMATS:
+        raise ValueError(f"format {format!r} is not supported; choose one of {FORMATS}")
+    import graphviz
+    dot = to_dot(graph, label=label, color_by=color_by, metrics=metrics)
+    if filename is None:
+        return dot
+    path = Path(filename)
+    if path.suffix.lstrip(".") in FORMATS:
+        format, path = path.suffix.lstrip("."), path.with_suffix("")
+    try:
+        return dot.render(str(path), format=format, cleanup=True)
+    except graphviz.ExecutableNotFound as error:
+        raise RuntimeError("drawing needs the graphviz `dot` program: install it with "
+                           "`apt-get install graphviz` (Debian/Ubuntu), `brew install graphviz` "
+                           "(macOS) or `conda install graphviz`") from error

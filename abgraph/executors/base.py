@@ -1,0 +1,47 @@
+"""The executor interface: where tasks run. What runs when is the scheduler's job."""
+from __future__ import annotations
+
+
+class Worker:
+    """A slot that runs one task at a time and may hold states in memory."""
+
+    def __init__(self, name, device="cpu"):
+        self.name, self.device = name, device
+        self.busy = False
+
+    def held(self) -> set:
+        return set()
+
+
+class Executor:
+    """Subclass and implement `open`, `idle`, `submit` and `collect`.
+
+    The run loop asks `idle()` for free workers, gives each a task with
+    `submit(worker, task)`, and waits in `collect()` for finished records.
+    """
+
+    def open(self, objects) -> None:
+        """Start workers; `objects` is the experiment's object store."""
+
+    def idle(self) -> list:
+        raise NotImplementedError
+
+    def submit(self, worker, task) -> None:
+        raise NotImplementedError
+
+    def collect(self) -> list:
+        """Block until at least one task is finished; return their NodeRecords."""
+        raise NotImplementedError
+
+    def running(self) -> dict:
+        """node id -> worker name, for the progress display."""
+        return {}
+
+    def close(self, cancel: bool = False) -> None:
+        """Stop workers; `cancel` stops running tasks (Ctrl-C)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close(cancel=exc[0] is not None)

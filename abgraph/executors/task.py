@@ -1,0 +1,165 @@
+"""What a worker does for one node: load the inputs, run the recipe, store the
+payload, run the probes, and hand back the slim record. Shared by every executor."""
+from __future__ import annotations
+
+import json
+import os
+import platform
+import socket
+import sys
+import time
+import traceback
+from collections import OrderedDict
+from dataclasses import dataclass, field
+
+from ..device import using_device
+from ..state import ExperimentState
+from ..store import NodeRecord
+from ..store import payload as payload_io
+from .scheduler import COMPUTE
+
+
+@dataclass
+class Task:
+    node_id: str
+    kind: str
+    state_class: type
+    recipe: object = None                 # None: the root, built by initialize_state
+    recipe_record: tuple = ("root", {}, "")  # (type name, encoded properties, code version)
+    parents: list = field(default_factory=list)
+    parent_payloads: list = field(default_factory=list)
+    properties: dict = field(default_factory=dict)
+    tags: list = field(default_factory=list)
+    probes: list = field(default_factory=list)
+    payload: str | None = None            # the node's own payload, for a probe-only task
+    keep: bool = False                    # children will follow: keep the state in memory
+    release: list = field(default_factory=list)  # states no pending node needs any more
+
+
+class RecipeResultError(TypeError):
+    """A recipe returned something that is not a state."""
+
+
+class StateCache:
+    """States a worker holds in memory, so a chain does not reload from disk.
+    Bounded: the least recently used state is dropped first."""
+
+    def __init__(self, capacity: int = 8):
+        self.capacity = capacity
+        self._states: OrderedDict = OrderedDict()
+        self.loads = 0  # payloads read from disk, for benchmarks and tests
+
+    def held(self) -> set:
+        return set(self._states)
+
+    def put(self, node_id, state) -> None:
+        self._states[node_id] = state
+        self._states.move_to_end(node_id)
+        while len(self._states) > self.capacity:
+            self._states.popitem(last=False)
+
+    def drop(self, node_ids) -> None:
+        for node_id in node_ids:
+            self._states.pop(node_id, None)
+
+    def get(self, node_id, digest, state_class, properties, objects):
+        state = self._states.get(node_id)
+        if state is not None:
+            self._states.move_to_end(node_id)
+            return state
+        payload, snapshot = payload_io.load(digest, objects)
+        self.loads += 1
+        state = state_class._create(properties)
+        state.__dict__.update(payload)
+        state._ab_snapshot = snapshot
+        return state
+
+
+_ENVIRONMENT: dict = {}
+
+
+def environment(device) -> dict:
+    if not _ENVIRONMENT:
+        import torch
+        from .. import __version__
+        _ENVIRONMENT.update(python=platform.python_version(), torch=torch.__version__,
+                            abgraph=__version__, host=socket.gethostname(), pid=os.getpid(),
+                            platform=sys.platform)
+    return dict(_ENVIRONMENT, device=str(device))
+
+
+def execute(task: Task, objects, cache: StateCache, device="cpu", reraise=False) -> NodeRecord:
+    """Run one task; a failure becomes a failed record. With `reraise` the error
+    propagates too (for pdb), carrying that record as `error.abgraph_record`."""
+    recipe_type, recipe_properties, recipe_version = task.recipe_record
+    record = NodeRecord(id=task.node_id, parents=list(task.parents), recipe=recipe_type,
+                        recipe_properties=recipe_properties, recipe_version=recipe_version,
+                        properties=task.properties, tags=list(task.tags),
+                        state_class=f"{task.state_class.__module__}.{task.state_class.__qualname__}",
+                        attributes=list(task.state_class.NONHASHED_ATTRIBUTES),
+                        environment=environment(device), started=time.time())
+    clock = time.perf_counter()
+    try:
+        with using_device(device):
+            if task.kind == COMPUTE:
+                state = _compute(task, objects, cache, record)
+            else:
+                state = cache.get(task.node_id, task.payload, task.state_class, task.properties, objects)
+                record.payload = task.payload
+            for probe in task.probes:
+                view, _ = state._fork()
+                record.results[probe.name] = _jsonable(probe.fn(view), probe.name)
+                record.result_versions[probe.name] = probe.version
+        if task.keep:
+            cache.put(task.node_id, state)
+        record.status = "done"
+    except Exception as error:
+        record.status, record.error = "failed", traceback.format_exc()
+        if reraise:
+            record.finished, record.duration = time.time(), time.perf_counter() - clock
+            error.abgraph_record = record
+            raise
+    cache.drop(task.release)
+    record.finished = time.time()
+    record.duration = time.perf_counter() - clock
+    return record
+
+
+def _compute(task: Task, objects, cache: StateCache, record: NodeRecord):
+    if task.recipe is None:
+        state = task.state_class._create(task.properties)
+        state.initialize_state(**task.properties)
+        known = {}
+    else:
+        inputs = [cache.get(p, d, task.state_class, task.properties, objects)
+                  for p, d in zip(task.parents, task.parent_payloads)]
+        state, known = inputs[0]._fork()
+        others = [other._fork()[0] for other in inputs[1:]]
+        produced = task.recipe.run(state, *others)
+        if not isinstance(produced, ExperimentState):
+            raise RecipeResultError(
+                f"{type(task.recipe).__name__}.run returned {type(produced).__name__}, not a state: "
+                "end run() with `return state`")
+        if produced is not state:
+            known = {}
+        state = produced
+    record.payload, record.blobs, state._ab_snapshot = payload_io.dump(state._payload(), objects, known)
+    record.metrics = _jsonable(dict(state.metrics), "state.metrics")
+    return state
+
+
+def _jsonable(value, name):
+    """Results and metrics live in the index as JSON: refuse what cannot be stored."""
+    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
+        value = value.item()
+    try:
+        return json.loads(json.dumps(value, default=_scalar))
+    except (TypeError, ValueError) as error:
+        raise TypeError(f"{name} returned {type(value).__name__}, which is not JSON-able ({error}); "
+                        "return numbers, strings, lists or dicts of them") from None
+
+
+def _scalar(value):
+    if hasattr(value, "item") and getattr(value, "ndim", None) == 0:
+        return value.item()
+    raise TypeError(f"{type(value).__name__} is not JSON serializable")

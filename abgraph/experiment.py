@@ -1,0 +1,216 @@
+"""`Experiment`: build the graph lazily, run what is missing, restore what is stored."""
+from __future__ import annotations
+
+import contextlib
+import difflib
+import fcntl
+import importlib
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from . import identity
+from .executors import driver, scheduler
+from .executors.progress import Progress
+from .executors.task import Task
+from .graph import ExperimentGraph
+from .state import ExperimentState, StatePromise
+from .store import OBJECTS_NAME, Index, NodeRecord, ObjectStore
+
+LOCK_NAME = ".abgraph.lock"
+
+
+@dataclass
+class PlannedNode:
+    id: str
+    parents: list
+    recipe: object                      # None for a root
+    recipe_record: tuple                # (type name, encoded properties, code version)
+    properties: dict
+    tags: list = field(default_factory=list)
+    probes: dict = field(default_factory=dict)
+
+    @property
+    def recipe_name(self) -> str:
+        return self.recipe_record[0].rsplit(".", 1)[-1]
+
+
+class Experiment:
+    """One folder, one DAG of states. Build it with `spawn_new_tree` and recipes,
+    then `run()`; come back later with `Experiment.restore(folder)`."""
+
+    def __init__(self, directory, state_class=ExperimentState):
+        if not (isinstance(state_class, type) and issubclass(state_class, ExperimentState)):
+            raise TypeError(f"state_class must be a subclass of abgraph.ExperimentState, "
+                            f"not {state_class!r}")
+        self.directory = Path(directory).expanduser()
+        self.directory.mkdir(parents=True, exist_ok=True)
+        self.state_class = state_class
+        self.index = Index(self.directory, create=True)
+        self.objects = ObjectStore(self.directory / OBJECTS_NAME)
+        self._nodes: dict[str, PlannedNode] = {}
+        self._tags: list[str] = []
+        self._graph = None
+
+    # -- building ----------------------------------------------------------------
+    @contextlib.contextmanager
+    def tag(self, *tags):
+        """Label every node created inside the block (blocks nest)."""
+        for tag in tags:
+            if not isinstance(tag, str) or not tag:
+                raise TypeError(f"a tag is a non-empty string, not {tag!r}")
+        self._tags.extend(tags)
+        try:
+            yield self
+        finally:
+            del self._tags[len(self._tags) - len(tags):]
+
+    def spawn_new_tree(self, **properties) -> StatePromise:
+        """The root of a tree: `state_class.initialize_state(**properties)` builds it."""
+        cls = self.state_class
+        declared = list(cls.PROPERTIES)
+        unknown = [name for name in properties if name not in declared]
+        missing = [name for name in declared if name not in properties]
+        if unknown:
+            close = difflib.get_close_matches(unknown[0], declared, n=1)
+            raise TypeError(f"{cls.__name__} has no property {unknown[0]!r}; its PROPERTIES are "
+                            f"{declared}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        if missing:
+            raise TypeError(f"{cls.__name__} needs a value for {', '.join(map(repr, missing))} "
+                            f"(its PROPERTIES are {declared})")
+        version = identity.code_version(cls, ExperimentState)
+        node_id = identity.root_id(cls, properties, version)
+        record = ("root", {}, version)
+        return self._register(PlannedNode(node_id, [], None, record, dict(properties)))
+
+    def _add_node(self, recipe, inputs) -> StatePromise:
+        name = type(recipe).__name__
+        for position, promise in enumerate(inputs):
+            if not isinstance(promise, StatePromise) or promise.experiment is not self:
+                raise TypeError(f"{name} input {position} is {promise!r}, not a state promise "
+                                "of this experiment")
+        least, most = recipe.input_count()
+        if len(inputs) < least or (most is not None and len(inputs) > most):
+            expected = f"{least}" if least == most else f"{least} to {most or 'any'}"
+            raise TypeError(f"{name}.run takes {expected} state(s); it was called on {len(inputs)}")
+        recipe.check(self.state_class, *inputs)
+        encoded = recipe.encoded_properties()
+        version = recipe.code_version()
+        parents = [p.id for p in inputs]
+        node_id = identity.node_id(parents, recipe.type_name, encoded, version)
+        properties = self._nodes[parents[0]].properties
+        return self._register(PlannedNode(node_id, parents, recipe,
+                                          (recipe.type_name, encoded, version), properties))
+
+    def _register(self, node: PlannedNode) -> StatePromise:
+        """Two promises with one id are one node; their tags are merged."""
+        existing = self._nodes.setdefault(node.id, node)
+        for tag in self._tags:
+            if tag not in existing.tags:
+                existing.tags.append(tag)
+        return StatePromise(self, node.id)
+
+    def _add_probe(self, node_id, probe) -> None:
+        self._nodes[node_id].probes[probe.name] = probe
+
+    # -- running -----------------------------------------------------------------
+    def run(self, executor=None, progress=None):
+        """Run every node not yet stored; return a `RunReport`.
+
+        `executor` defaults to a `ProcessExecutor` using every core or GPU;
+        `progress` (None: only on a terminal) shows a progress line.
+        """
+        from .executors import default_executor
+        executor = executor or default_executor()
+        stored = self.index.statuses()
+        state = scheduler.plan(self._nodes, {n: status for n, (status, _) in stored.items()},
+                               self.index.result_versions())
+        self.index.add_tags((node_id, tag) for node_id, node in self._nodes.items() for tag in node.tags)
+        payloads = {node_id: digest for node_id, (status, digest) in stored.items() if status == "done"}
+
+        def make_task(node_id, release, keep):
+            node = self._nodes[node_id]
+            return Task(node_id=node_id, kind=state.kinds[node_id], state_class=self.state_class,
+                        recipe=node.recipe, recipe_record=node.recipe_record, parents=node.parents,
+                        parent_payloads=[payloads.get(p) for p in node.parents],
+                        properties=node.properties, tags=node.tags, probes=list(node.probes.values()),
+                        payload=payloads.get(node_id), keep=keep, release=release)
+
+        def write(record):
+            self.index.write(record)
+            if record.status == "done":
+                payloads[record.id] = record.payload
+
+        def make_blocked(node_id, failed_id):
+            node = self._nodes[node_id]
+            return self._record_for(node, status="blocked",
+                                    error=f"blocked: ancestor {failed_id} failed")
+
+        progress_line = Progress(len(self._nodes), len(state.cached), progress)
+        with self._run_lock():
+            executor.open(self.objects)
+            try:
+                report = driver.drive(state, executor, make_task, write, make_blocked,
+                                      progress_line, lambda n: self._nodes[n].recipe_name)
+            finally:
+                executor.close()
+        self._graph = None
+        return report
+
+    def _record_for(self, node: PlannedNode, **fields) -> NodeRecord:
+        recipe_type, encoded, version = node.recipe_record
+        cls = self.state_class
+        return NodeRecord(id=node.id, parents=list(node.parents), recipe=recipe_type,
+                          recipe_properties=encoded, recipe_version=version, properties=node.properties,
+                          state_class=f"{cls.__module__}.{cls.__qualname__}",
+                          attributes=list(cls.NONHASHED_ATTRIBUTES), tags=list(node.tags), **fields)
+
+    @contextlib.contextmanager
+    def _run_lock(self):
+        """Shared while running, so `abgraph gc` never deletes blobs a run is writing."""
+        with open(self.directory / LOCK_NAME, "a") as handle:
+            fcntl.flock(handle, fcntl.LOCK_SH)
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+
+    # -- browsing ----------------------------------------------------------------
+    @property
+    def graph(self) -> ExperimentGraph:
+        """Every stored node (slim); refreshed after each `run()`."""
+        if self._graph is None:
+            self._graph = ExperimentGraph(self.index.records(), self.objects, self.state_class)
+        return self._graph
+
+    @classmethod
+    def restore(cls, directory, state_class=None, slim: bool = True) -> "Experiment":
+        """Open a stored experiment. Slim (the default) reads only the index and
+        unpickles nothing; `slim=False` also loads every payload."""
+        directory = Path(directory).expanduser()
+        index = Index(directory)  # raises if this is not an experiment
+        experiment = cls.__new__(cls)
+        experiment.directory, experiment.index = directory, index
+        experiment.objects = ObjectStore(directory / OBJECTS_NAME)
+        experiment._nodes, experiment._tags, experiment._graph = {}, [], None
+        experiment.state_class = state_class or _recorded_state_class(index)
+        if not slim:
+            for node in experiment.graph.nodes:
+                if node.status == "done":
+                    node.restore()
+        return experiment
+
+    def __repr__(self):
+        return f"<Experiment {self.directory} ({len(self._nodes)} nodes built)>"
+
+
+def _recorded_state_class(index: Index):
+    """The state class the nodes were made with, where it can be imported without
+    running anyone's script; the generic `ExperimentState` otherwise."""
+    row = index.db.execute("SELECT state_class FROM nodes ORDER BY seq LIMIT 1").fetchone()
+    if row and not row[0].startswith("__main__."):
+        module_name, _, name = row[0].rpartition(".")
+        with contextlib.suppress(Exception):
+            found = getattr(importlib.import_module(module_name), name)
+            if isinstance(found, type) and issubclass(found, ExperimentState):
+                return found
+    return ExperimentState

@@ -1,0 +1,222 @@
+"""Browsing a stored experiment: `ExperimentGraph` and `NodeSet` queries."""
+from __future__ import annotations
+
+import fnmatch
+from functools import cached_property
+
+from .state import ExperimentState
+
+
+class NodeSet(list):
+    """A list of nodes with queries that return NodeSets again."""
+
+    def filter(self, pattern: str) -> "NodeSet":
+        """Nodes with a tag matching the fnmatch `pattern`; `!pattern` negates."""
+        negate = pattern.startswith("!")
+        pattern = pattern[1:] if negate else pattern
+        tags = {t for node in self for t in node._ab_record.tags}
+        matching = set(fnmatch.filter(tags, pattern))
+        return NodeSet(n for n in self if negate != bool(matching.intersection(n._ab_record.tags)))
+
+    def where(self, **conditions) -> "NodeSet":
+        """Nodes whose state properties (or recipe properties) equal the given values;
+        a callable value is used as a predicate."""
+        def matches(node):
+            record = node._ab_record
+            for name, wanted in conditions.items():
+                if name in record.properties:
+                    value = record.properties[name]
+                elif name in record.recipe_properties:
+                    value = record.recipe_properties[name]
+                elif name == "recipe":
+                    value = record.recipe.rsplit(".", 1)[-1]
+                elif name == "status":
+                    value = record.status
+                else:
+                    return False
+                if not (wanted(value) if callable(wanted) else value == wanted):
+                    return False
+            return True
+        return NodeSet(n for n in self if matches(n))
+
+    def __and__(self, other) -> "NodeSet":
+        ids = {n.id for n in other}
+        return NodeSet(n for n in self if n.id in ids)
+
+    def __or__(self, other) -> "NodeSet":
+        ids = {n.id for n in self}
+        return NodeSet(list(self) + [n for n in other if n.id not in ids])
+
+    def __sub__(self, other) -> "NodeSet":
+        ids = {n.id for n in other}
+        return NodeSet(n for n in self if n.id not in ids)
+
+    def __getitem__(self, item):
+        result = super().__getitem__(item)
+        return NodeSet(result) if isinstance(item, slice) else result
+
+    @property
+    def leaves(self) -> "NodeSet":
+        """Nodes of this set with no child in the experiment."""
+        return NodeSet(n for n in self if not n._ab_graph._children.get(n.id))
+
+    @property
+    def ids(self) -> list:
+        return [n.id for n in self]
+
+    @property
+    def iterator(self):
+        """Each node restored in turn and deflated after, so memory holds one payload."""
+        for node in self:
+            with node.lazy_load():
+                yield node
+
+    def nodes_at_distance(self, k: int) -> "NodeSet":
+        return NodeSet(n for n in self if n._ab_graph.depth(n.id) == k)
+
+    def to_dataframe(self):
+        """One row per node: id, parents, depth, recipe, its properties, tags, metrics,
+        function results flattened as `name.key`, status, duration."""
+        import pandas
+        rows = []
+        for node in self:
+            record = node._ab_record
+            row = {"id": record.id, "parents": list(record.parents),
+                   "depth": node._ab_graph.depth(record.id),
+                   "recipe": record.recipe.rsplit(".", 1)[-1]}
+            row.update(record.properties)
+            row.update({f"recipe.{k}": _plain(v) for k, v in record.recipe_properties.items()})
+            row["tags"] = list(record.tags)
+            row.update(record.metrics)
+            for name, value in record.results.items():
+                row.update(_flatten(name, value))
+            row["status"], row["duration"] = record.status, record.duration
+            rows.append(row)
+        return pandas.DataFrame(rows)
+
+    def summarize(self, metric: str, by, confidence: float = 0.95):
+        """Mean, spread and confidence interval of `metric` per group of nodes."""
+        from . import stats
+        by = [by] if isinstance(by, str) else list(by)
+        return stats.summarize(self.to_dataframe(), metric, by, confidence)
+
+
+def _flatten(prefix, value) -> dict:
+    if isinstance(value, dict):
+        flat = {}
+        for key, inner in value.items():
+            flat.update(_flatten(f"{prefix}.{key}", inner))
+        return flat
+    return {prefix: value}
+
+
+def _plain(value):
+    """Encoded property values back into something readable in a table."""
+    if isinstance(value, dict) and len(value) == 1:
+        (kind, inner), = value.items()
+        if kind in ("tuple", "set"):
+            return tuple(_plain(v) for v in inner)
+        if kind == "map":
+            return {k: _plain(v) for k, v in inner.items()}
+        if kind in ("float", "path"):
+            return inner if kind == "path" else float(inner)
+    if isinstance(value, list):
+        return [_plain(v) for v in value]
+    return value
+
+
+class ExperimentGraph:
+    """Every stored node of an experiment, slim until a node is restored."""
+
+    def __init__(self, records, objects, state_class=ExperimentState):
+        self.objects = objects
+        self._by_id = {}
+        self._children: dict[str, list] = {}
+        for record in records:
+            node = state_class._create(record.properties, record, self, attributes=record.attributes)
+            self._by_id[record.id] = node
+            for parent in record.parents:
+                self._children.setdefault(parent, []).append(record.id)
+        self._depth: dict[str, int] = {}
+
+    @cached_property
+    def nodes(self) -> NodeSet:
+        return NodeSet(self._by_id.values())
+
+    def node(self, id_or_prefix: str):
+        """A node by its id or a unique prefix of it."""
+        found = self._by_id.get(id_or_prefix)
+        if found is not None:
+            return found
+        matches = [node_id for node_id in self._by_id if node_id.startswith(id_or_prefix)]
+        if len(matches) == 1:
+            return self._by_id[matches[0]]
+        if not matches:
+            raise KeyError(f"no node id starts with {id_or_prefix!r} "
+                           f"({len(self._by_id)} nodes in this experiment)")
+        shown = ", ".join(m[:len(id_or_prefix) + 4] for m in sorted(matches)[:5])
+        raise KeyError(f"node id prefix {id_or_prefix!r} is ambiguous: {len(matches)} nodes match "
+                       f"({shown}{', …' if len(matches) > 5 else ''}); give more characters")
+
+    def children_of(self, node_id) -> NodeSet:
+        return NodeSet(self._by_id[c] for c in self._children.get(node_id, ()) if c in self._by_id)
+
+    def depth(self, node_id) -> int:
+        """Longest distance from a root (the level Dagger draws)."""
+        depth = self._depth.get(node_id)
+        if depth is None:
+            stack = [node_id]
+            while stack:
+                current = stack[-1]
+                parents = [p for p in self._by_id[current]._ab_record.parents if p in self._by_id]
+                pending = [p for p in parents if p not in self._depth]
+                if pending:
+                    stack.extend(pending)
+                    continue
+                stack.pop()
+                self._depth[current] = 1 + max((self._depth[p] for p in parents), default=-1)
+            depth = self._depth[node_id]
+        return depth
+
+    @property
+    def roots(self) -> NodeSet:
+        return NodeSet(n for n in self.nodes if not n._ab_record.parents)
+
+    @property
+    def leaves(self) -> NodeSet:
+        return self.nodes.leaves
+
+    @cached_property
+    def nx(self):
+        """The graph as a networkx DiGraph; node attributes are the slim records."""
+        import networkx
+        graph = networkx.DiGraph()
+        for node_id, node in self._by_id.items():
+            record = node._ab_record
+            graph.add_node(node_id, recipe=record.recipe.rsplit(".", 1)[-1], tags=list(record.tags),
+                           status=record.status, metrics=dict(record.metrics), state=node)
+            for parent in record.parents:
+                graph.add_edge(parent, node_id)
+        return graph
+
+    def to_dataframe(self):
+        return self.nodes.to_dataframe()
+
+    def draw(self, filename=None, format="pdf", label=None, color_by=None, metrics=None):
+        """Render the graph with graphviz; see `abgraph.drawing.draw`."""
+        from .drawing import draw
+        return draw(self, filename=filename, format=format, label=label, color_by=color_by,
+                    metrics=metrics)
+
+    def _repr_svg_(self):
+        from .drawing import to_dot
+        return to_dot(self)._repr_image_svg_xml()
+
+    def __len__(self):
+        return len(self._by_id)
+
+    def __repr__(self):
+        statuses = {}
+        for node in self._by_id.values():
+            statuses[node._ab_record.status] = statuses.get(node._ab_record.status, 0) + 1
+        return f"<ExperimentGraph {len(self)} nodes {statuses}>"

@@ -1,0 +1,154 @@
+"""Node identity: a Merkle hash over a canonical encoding.
+
+Pure functions. The encoding is deterministic across processes, machines and
+Python hash seeds, and it refuses what it cannot encode instead of falling back
+to a pickle (pickles change with library versions and would silently split or
+merge the cache).
+"""
+from __future__ import annotations
+
+import ast
+import dataclasses
+import enum
+import functools
+import hashlib
+import inspect
+import json
+import math
+import pathlib
+import textwrap
+import weakref
+
+ID_LENGTH = 32  # hex characters: 128 bits, as long as Dagger's ids
+
+
+class UnsupportedValue(TypeError):
+    """A property value that has no canonical encoding."""
+
+
+def canonical(value, where="value"):
+    """Return a JSON-able structure that encodes `value` deterministically.
+
+    `where` names the property in errors, e.g. "TrainRecipe.lr".
+    """
+    if value is None or isinstance(value, (bool, str)):
+        return value
+    if isinstance(value, enum.Enum):
+        return {"enum": _qualified_name(type(value)), "name": value.name}
+    if isinstance(value, int):
+        return value
+    if isinstance(value, float):
+        return {"float": repr(value)} if not math.isfinite(value) else value
+    if isinstance(value, (list, tuple)):
+        items = [canonical(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        return items if isinstance(value, list) else {"tuple": items}
+    if isinstance(value, (set, frozenset)):
+        items = [canonical(v, f"{where}{{}}") for v in value]
+        return {"set": sorted(items, key=_sort_key)}
+    if isinstance(value, dict):
+        keys = list(value)
+        if not all(isinstance(k, str) for k in keys):
+            keys = sorted(keys, key=lambda k: _sort_key(canonical(k, where)))
+            return {"dict": [[canonical(k, where), canonical(value[k], f"{where}[{k!r}]")] for k in keys]}
+        return {"map": {k: canonical(value[k], f"{where}.{k}") for k in sorted(keys)}}
+    if isinstance(value, pathlib.PurePath):
+        return {"path": value.as_posix()}
+    if isinstance(value, functools.partial):
+        return {"partial": canonical(value.func, where), "args": canonical(value.args, where),
+                "kwargs": canonical(value.keywords, where)}
+    if inspect.isfunction(value) or inspect.isbuiltin(value) or inspect.isclass(value):
+        if value.__name__ == "<lambda>":
+            raise UnsupportedValue(f"{where}: a lambda has no stable name; use a named function")
+        return {"callable": _qualified_name(value)}
+    if dataclasses.is_dataclass(value):
+        fields = {f.name: canonical(getattr(value, f.name), f"{where}.{f.name}")
+                  for f in dataclasses.fields(value)}
+        return {"dataclass": _qualified_name(type(value)), "fields": fields}
+    digest = _array_digest(value)
+    if digest is not None:
+        return {"array": digest}
+    raise UnsupportedValue(
+        f"{where} = {value!r:.60} has type {type(value).__name__}, which has no canonical encoding; "
+        "use None, bool, int, float, str, list, tuple, set, dict, enum, pathlib.Path, "
+        "a named function or functools.partial, a dataclass, a tensor or a numpy array")
+
+
+def _sort_key(encoded):
+    return json.dumps(encoded, sort_keys=True)
+
+
+def _qualified_name(obj):
+    return f"{obj.__module__}.{obj.__qualname__}"
+
+
+def _array_digest(value):
+    """Content digest of a torch tensor or numpy array, or None for other types."""
+    module = type(value).__module__
+    if module.startswith("torch"):
+        import torch
+        if isinstance(value, torch.Tensor):
+            data = value.detach().cpu().contiguous()
+            raw = data.reshape(-1).view(torch.uint8).numpy().tobytes() if data.numel() else b""
+            return [str(data.dtype), list(data.shape), hashlib.sha256(raw).hexdigest()]
+    if module == "numpy":
+        import numpy
+        if isinstance(value, numpy.ndarray):
+            data = numpy.ascontiguousarray(value)
+            return [str(data.dtype), list(data.shape), hashlib.sha256(data.tobytes()).hexdigest()]
+        if isinstance(value, numpy.generic):
+            return [str(value.dtype), [], hashlib.sha256(value.tobytes()).hexdigest()]
+    return None
+
+
+def digest(encoded) -> str:
+    """Hash of an already canonical structure."""
+    text = json.dumps(encoded, sort_keys=True, separators=(",", ":"), allow_nan=False)
+    return hashlib.sha256(text.encode()).hexdigest()[:ID_LENGTH]
+
+
+_code_versions: "weakref.WeakKeyDictionary[type, str]" = weakref.WeakKeyDictionary()
+
+
+def code_version(cls, stop_at) -> str:
+    """`cls.VERSION` if set, else a hash of the normalized source of `cls` and its
+    bases up to (excluding) `stop_at`: editing `run()` changes it, editing a comment
+    does not."""
+    explicit = cls.__dict__.get("VERSION", getattr(cls, "VERSION", None))
+    if explicit is not None:
+        return f"v:{explicit}"
+    cached = _code_versions.get(cls)
+    if cached is None:
+        parts = [normalized_source(k) for k in cls.__mro__
+                 if k is not object and k not in stop_at.__mro__]
+        cached = _code_versions[cls] = "src:" + digest(parts)
+    return cached
+
+
+def normalized_source(obj) -> str:
+    """AST dump of the source (comments and formatting gone); bytecode where the
+    source is not available (e.g. a class defined in an interactive session)."""
+    try:
+        source = textwrap.dedent(inspect.getsource(obj))
+        return ast.dump(ast.parse(source))
+    except (OSError, TypeError, SyntaxError):
+        return _bytecode_fingerprint(obj)
+
+
+def _bytecode_fingerprint(obj) -> str:
+    functions = obj.__dict__.values() if inspect.isclass(obj) else [obj]
+    parts = []
+    for member in functions:
+        code = getattr(getattr(member, "__func__", member), "__code__", None)
+        if code is not None:
+            parts.append(f"{code.co_name}:{code.co_code.hex()}:{code.co_consts!r}")
+    return "|".join(sorted(parts))
+
+
+def root_id(state_class, properties: dict, version: str) -> str:
+    return digest({"root": _qualified_name(state_class), "version": version,
+                   "properties": canonical(properties, f"{state_class.__name__}")})
+
+
+def node_id(parent_ids, recipe_type: str, properties_encoded, version: str) -> str:
+    return digest({"parents": list(parent_ids), "recipe": recipe_type,
+                   "properties": properties_encoded, "version": version})

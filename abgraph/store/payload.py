@@ -1,0 +1,226 @@
+"""Payload serialization: dill for the object graph, each tensor a blob of its own.
+
+Splitting tensors out is what makes the store small: a tensor no recipe changed
+has the same digest as in the parent and is stored once for the experiment.
+Tensors are stored on the CPU so a payload restores on any machine.
+"""
+from __future__ import annotations
+
+import io
+import pickle
+
+import dill
+import numpy
+import torch
+
+from .objects import BlobError, ObjectStore, blob_digest
+
+
+class PayloadError(RuntimeError):
+    """A payload cannot be written or read back."""
+
+
+class Snapshot:
+    """The tensors of a saved or loaded payload, with their digests.
+
+    A child forked from that payload compares its tensors against these (cheap)
+    instead of re-hashing them (costly) when it is saved.
+    """
+
+    def __init__(self):
+        self.by_id: dict[int, tuple[object, str]] = {}
+
+    def add(self, tensor, digest: str) -> None:
+        self.by_id[id(tensor)] = (tensor, digest)
+
+
+def _raw(tensor):
+    """Bytes of a CPU-contiguous copy (numpy arrays are wrapped without a copy)."""
+    if isinstance(tensor, numpy.ndarray):
+        return numpy.ascontiguousarray(tensor).reshape(-1).view(numpy.uint8)
+    data = tensor.detach()
+    if data.device.type != "cpu":
+        data = data.cpu()
+    data = data.contiguous().reshape(-1)
+    return data.view(torch.uint8).numpy() if data.numel() else numpy.empty(0, numpy.uint8)
+
+
+def _splittable(obj) -> bool:
+    if isinstance(obj, torch.Tensor):
+        return (type(obj) in (torch.Tensor, torch.nn.Parameter) and obj.layout == torch.strided
+                and not obj.is_quantized and not obj.is_meta)
+    return isinstance(obj, numpy.ndarray) and obj.dtype != object and type(obj) is numpy.ndarray
+
+
+def _unchanged(tensor, source) -> bool:
+    if type(tensor) is not type(source) or tensor.shape != source.shape or tensor.dtype != source.dtype:
+        return False
+    if isinstance(tensor, numpy.ndarray):
+        return numpy.array_equal(tensor, source)
+    return tensor.device == source.device and torch.equal(tensor, source)
+
+
+class _Pickler(dill.Pickler):
+    def __init__(self, file, store: ObjectStore, known: dict, snapshot: Snapshot):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL, recurse=True)
+        self.store, self.known, self.snapshot = store, known, snapshot
+        self.blobs: list[str] = []
+        self._refs: dict[int, int] = {}
+
+    def persistent_id(self, obj):
+        if not _splittable(obj):
+            return None
+        ref = self._refs.setdefault(id(obj), len(self._refs))
+        carried = self.known.get(id(obj))
+        if carried is not None and carried[0] is obj and _unchanged(obj, carried[1]):
+            digest = carried[2]
+        else:
+            raw = _raw(obj)
+            digest = self.store.put(raw, blob_digest(raw))
+        self.snapshot.add(obj, digest)
+        self.blobs.append(digest)
+        if isinstance(obj, numpy.ndarray):
+            return ("ndarray", ref, digest, obj.dtype.str, obj.shape)
+        kind = "parameter" if isinstance(obj, torch.nn.Parameter) else "tensor"
+        return (kind, ref, digest, str(obj.dtype).removeprefix("torch."), tuple(obj.shape),
+                obj.requires_grad and obj.is_leaf)
+
+
+class _Unpickler(dill.Unpickler):
+    def __init__(self, file, store: ObjectStore, verify: bool, snapshot: Snapshot):
+        super().__init__(file)
+        self.store, self.verify, self.snapshot = store, verify, snapshot
+        self._refs: dict[int, object] = {}
+
+    def persistent_load(self, pid):
+        kind, ref = pid[0], pid[1]
+        if ref in self._refs:
+            return self._refs[ref]
+        digest, dtype, shape = pid[2], pid[3], pid[4]
+        if kind == "ndarray":
+            dtype = numpy.dtype(dtype)
+            raw = self.store.get(digest, int(numpy.prod(shape)) * dtype.itemsize, self.verify)
+            obj = numpy.frombuffer(raw, dtype=dtype).reshape(shape)
+        else:
+            torch_dtype = getattr(torch, dtype)
+            itemsize = torch.empty((), dtype=torch_dtype).element_size()
+            numel = int(numpy.prod(shape)) if shape else 1
+            raw = self.store.get(digest, numel * itemsize, self.verify)
+            flat = torch.frombuffer(raw, dtype=torch_dtype) if numel else torch.empty(0, dtype=torch_dtype)
+            obj = flat.reshape(shape)
+            if kind == "parameter":
+                obj = torch.nn.Parameter(obj, requires_grad=pid[5])
+            elif pid[5]:
+                obj.requires_grad_(True)
+        self._refs[ref] = obj
+        self.snapshot.add(obj, digest)
+        return obj
+
+
+class _CopyPickler(pickle.Pickler):
+    """Fast in-memory pickling where tensors are handed over, not serialized."""
+
+    def __init__(self, file, tensors: list):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
+        self.tensors = tensors
+        self._refs: dict[int, int] = {}
+
+    def persistent_id(self, obj):
+        if not _splittable(obj):
+            return None
+        ref = self._refs.get(id(obj))
+        if ref is None:
+            ref = self._refs[id(obj)] = len(self.tensors)
+            self.tensors.append(obj)
+        return ref
+
+
+class _DillCopyPickler(dill.Pickler):
+    persistent_id = _CopyPickler.persistent_id
+
+    def __init__(self, file, tensors: list):
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL, recurse=True)
+        self.tensors, self._refs = tensors, {}
+
+
+class _CopyUnpickler(pickle.Unpickler):
+    def __init__(self, file, copies: list):
+        super().__init__(file)
+        self.copies = copies
+
+    def persistent_load(self, ref):
+        return self.copies[ref]
+
+
+def clone(payload: dict, snapshot: Snapshot | None):
+    """A private deep copy of `payload`, and which copied tensors came from which
+    saved ones (so saving the copy re-hashes only what changed).
+
+    Unlike `copy.deepcopy` this copes with non-leaf tensors (a pruned weight is
+    one); tensors are cloned, the rest goes through pickle (dill if needed).
+    """
+    for pickler_class in (_CopyPickler, _DillCopyPickler):
+        buffer, tensors = io.BytesIO(), []
+        try:
+            pickler_class(buffer, tensors).dump(payload)
+            break
+        except Exception as error:  # pickle.PicklingError, AttributeError for local objects...
+            failure = error
+    else:
+        raise PayloadError(_name_unpicklable(payload, failure)) from failure
+    copies = [_clone_tensor(t) for t in tensors]
+    buffer.seek(0)
+    copied = _CopyUnpickler(buffer, copies).load()
+    known = {}
+    if snapshot is not None:
+        for source, copy in zip(tensors, copies):
+            entry = snapshot.by_id.get(id(source))
+            if entry is not None and entry[0] is source:
+                known[id(copy)] = (copy, source, entry[1])
+    return copied, known
+
+
+def _clone_tensor(tensor):
+    if isinstance(tensor, numpy.ndarray):
+        return tensor.copy()
+    copy = tensor.detach().clone()
+    if isinstance(tensor, torch.nn.Parameter):
+        return torch.nn.Parameter(copy, requires_grad=tensor.requires_grad)
+    return copy.requires_grad_(tensor.requires_grad and tensor.is_leaf)
+
+
+def dump(payload: dict, store: ObjectStore, known: dict | None = None):
+    """Store `payload` (attribute name -> object); return (digest, tensor blobs, snapshot)."""
+    snapshot = Snapshot()
+    buffer = io.BytesIO()
+    pickler = _Pickler(buffer, store, known or {}, snapshot)
+    try:
+        pickler.dump(payload)
+    except Exception as error:
+        raise PayloadError(_name_unpicklable(payload, error)) from error
+    digest = store.put(buffer.getbuffer())
+    return digest, sorted(set(pickler.blobs)), snapshot
+
+
+def _name_unpicklable(payload: dict, error: Exception) -> str:
+    """Find which attribute could not be pickled, for an error a user can act on."""
+    for name, value in payload.items():
+        try:
+            dill.dumps(value, recurse=True)
+        except Exception as inner:
+            return (f"attribute {name!r} ({type(value).__name__}) cannot be pickled: {inner}; "
+                    "keep only picklable objects in NONHASHED_ATTRIBUTES")
+    return f"the payload cannot be pickled: {error}"
+
+
+def load(digest: str, store: ObjectStore, verify: bool = False):
+    """Read a payload back; returns (payload dict, snapshot). Trusts the experiment's author."""
+    data = store.get(digest, verify=True)  # small: always checked
+    snapshot = Snapshot()
+    try:
+        payload = _Unpickler(io.BytesIO(data), store, verify, snapshot).load()
+    except BlobError:
+        raise
+    except Exception as error:
+        raise PayloadError(f"payload {digest} cannot be unpickled: {error}") from error
+    return payload, snapshot
