@@ -1,0 +1,119 @@
+"""The `abgraph` command: browse, draw, check and clean an experiment folder."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+
+def _open(directory):
+    from .experiment import Experiment
+    return Experiment.restore(directory)
+
+
+def cmd_ls(args):
+    nodes = _open(args.directory).graph.nodes
+    if args.filter:
+        for pattern in args.filter:
+            nodes = nodes.filter(pattern)
+    if args.leaves:
+        nodes = nodes.leaves
+    for node in nodes:
+        record = node._ab_record
+        name = record.recipe.rsplit(".", 1)[-1]
+        print(f"{record.id[:12]}  {record.status:7}  {node._ab_graph.depth(node.id):>3}  {name:18} "
+              f"{','.join(record.tags)}")
+
+
+def cmd_show(args):
+    node = _open(args.directory).graph.node(args.id)
+    record = node._ab_record
+    fields = {k: v for k, v in vars(record).items() if k not in ("blobs", "seq")}
+    fields["blobs"] = len(record.blobs)
+    print(json.dumps(fields, indent=2, default=str))
+
+
+def cmd_draw(args):
+    graph = _open(args.directory).graph
+    path = graph.draw(args.output, format=args.format, color_by=args.color_by,
+                      metrics=args.metric or None)
+    print(path)
+
+
+def cmd_report(args):
+    import pandas
+    frame = _open(args.directory).graph.to_dataframe()
+    fixed = {"id", "parents", "depth", "recipe", "tags", "status", "duration"}
+    frame["id"] = frame["id"].str[:12]
+    frame["tags"] = frame["tags"].map(",".join)
+    wanted = ["id", "recipe", "tags", "status"] + [c for c in frame.columns if c not in fixed]
+    with pandas.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
+        print(frame[wanted].to_string(index=False))
+
+
+def cmd_verify(args):
+    from .store.maintenance import verify
+    experiment = _open(args.directory)
+    report = verify(experiment.index, experiment.objects)
+    print(f"{report.blobs} blobs checked")
+    for digest in report.corrupted:
+        print(f"corrupted blob {digest}")
+    for node_id, digests in report.missing.items():
+        print(f"node {node_id} is missing {len(digests)} blob(s): {', '.join(d[:12] for d in digests)}")
+    for digest in report.orphans:
+        print(f"orphan blob {digest} (no record uses it; `abgraph gc` deletes it)")
+    print("clean" if report.clean else "PROBLEMS FOUND")
+    return 0 if report.clean else 1
+
+
+def cmd_gc(args):
+    from .experiment import LOCK_NAME
+    from .store.maintenance import collect_garbage
+    experiment = _open(args.directory)
+    deleted, freed = collect_garbage(experiment.directory, experiment.index, experiment.objects, LOCK_NAME)
+    print(f"deleted {deleted} unreferenced blob(s), {freed / 2**20:.1f} MiB freed")
+
+
+def parser() -> argparse.ArgumentParser:
+    main = argparse.ArgumentParser(prog="abgraph", description="Browse and maintain abgraph experiments.")
+    commands = main.add_subparsers(dest="command", required=True)
+    ls = commands.add_parser("ls", help="list nodes")
+    ls.add_argument("directory")
+    ls.add_argument("--filter", action="append", help="tag pattern (fnmatch, !negates); repeat to AND")
+    ls.add_argument("--leaves", action="store_true", help="only nodes without children")
+    ls.set_defaults(run=cmd_ls)
+    show = commands.add_parser("show", help="one node's record")
+    show.add_argument("directory")
+    show.add_argument("id", help="node id or a unique prefix")
+    show.set_defaults(run=cmd_show)
+    draw = commands.add_parser("draw", help="render the graph with graphviz")
+    draw.add_argument("directory")
+    draw.add_argument("-o", "--output", required=True, help="file name (.pdf, .svg or .png)")
+    draw.add_argument("--format", default="pdf", help="pdf, svg or png when -o has no suffix")
+    draw.add_argument("--color-by", help="metric that colors the nodes")
+    draw.add_argument("--metric", action="append", help="metric shown in the labels; repeatable")
+    draw.set_defaults(run=cmd_draw)
+    report = commands.add_parser("report", help="metrics table")
+    report.add_argument("directory")
+    report.set_defaults(run=cmd_report)
+    check = commands.add_parser("verify", help="re-hash every blob and check every record")
+    check.add_argument("directory")
+    check.set_defaults(run=cmd_verify)
+    gc = commands.add_parser("gc", help="delete blobs no record references")
+    gc.add_argument("directory")
+    gc.set_defaults(run=cmd_gc)
+    return main
+
+
+def main(argv=None) -> int:
+    args = parser().parse_args(argv)
+    try:
+        return args.run(args) or 0
+    except (KeyError, ValueError, RuntimeError, TypeError, OSError) as error:
+        message = error.args[0] if isinstance(error, KeyError) and error.args else error
+        print(f"abgraph {args.command}: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
