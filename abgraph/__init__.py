@@ -7,12 +7,12 @@ restored, queried and drawn later.
 __version__ = "0.1.0"
 
 from .device import current_device
-from .executors import Executor, SerialExecutor
+from .executors import Executor, ProcessExecutor, SerialExecutor
 from .experiment import Experiment
 from .graph import ExperimentGraph, NodeSet
 from .recipes import Recipe, function
 from .report import RunReport
 from .state import ExperimentState, StatePromise
 
-__all__ = ["Experiment", "ExperimentGraph", "ExperimentState", "Executor", "NodeSet", "Recipe",
+__all__ = ["Experiment", "ExperimentGraph", "ExperimentState", "Executor", "NodeSet", "ProcessExecutor", "Recipe",
            "RunReport", "SerialExecutor", "StatePromise", "current_device", "function"]

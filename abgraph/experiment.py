@@ -11,10 +11,10 @@ from pathlib import Path
 from . import identity
 from .executors import driver, scheduler
 from .executors.progress import Progress
-from .executors.task import Task
+from .executors.task import Task, record_for
 from .graph import ExperimentGraph
 from .state import ExperimentState, StatePromise
-from .store import OBJECTS_NAME, Index, NodeRecord, ObjectStore
+from .store import OBJECTS_NAME, Index, ObjectStore
 
 LOCK_NAME = ".abgraph.lock"
 
@@ -141,9 +141,8 @@ class Experiment:
                 payloads[record.id] = record.payload
 
         def make_blocked(node_id, failed_id):
-            node = self._nodes[node_id]
-            return self._record_for(node, status="blocked",
-                                    error=f"blocked: ancestor {failed_id} failed")
+            return record_for(make_task(node_id, [], False), status="blocked",
+                              error=f"blocked: ancestor {failed_id} failed")
 
         progress_line = Progress(len(self._nodes), len(state.cached), progress)
         with self._run_lock():
@@ -155,14 +154,6 @@ class Experiment:
                 executor.close()
         self._graph = None
         return report
-
-    def _record_for(self, node: PlannedNode, **fields) -> NodeRecord:
-        recipe_type, encoded, version = node.recipe_record
-        cls = self.state_class
-        return NodeRecord(id=node.id, parents=list(node.parents), recipe=recipe_type,
-                          recipe_properties=encoded, recipe_version=version, properties=node.properties,
-                          state_class=f"{cls.__module__}.{cls.__qualname__}",
-                          attributes=list(cls.NONHASHED_ATTRIBUTES), tags=list(node.tags), **fields)
 
     @contextlib.contextmanager
     def _run_lock(self):

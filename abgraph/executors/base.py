@@ -7,7 +7,11 @@ class Worker:
 
     def __init__(self, name, device="cpu"):
         self.name, self.device = name, device
-        self.busy = False
+        self.task = None  # the task it is running, set by its executor
+
+    @property
+    def busy(self) -> bool:
+        return self.task is not None
 
     def held(self) -> set:
         return set()

@@ -29,10 +29,14 @@ def drive(state, executor, make_task, write_record, make_blocked, progress=None,
 
     try:
         while not scheduler.is_finished(state):
-            for worker in executor.idle():
-                node_id = scheduler.next_ready(state, worker.held())
+            idle = executor.idle()
+            # first the workers holding a parent of a ready node, then anyone
+            for worker, only_held in [(w, True) for w in idle] + [(w, False) for w in idle]:
+                if worker.busy:
+                    continue
+                node_id = scheduler.next_ready(state, worker.held(), only_held)
                 if node_id is None:
-                    break
+                    continue
                 task = make_task(node_id, scheduler.released_by(state, node_id),
                                  scheduler.has_dependents(state, node_id))
                 running_labels[node_id] = label(node_id)

@@ -62,15 +62,16 @@ def _push(state: SchedulerState, node_ids) -> None:
         state.ready.append(node_id)
 
 
-def next_ready(state: SchedulerState, held=()):
-    """Pop the ready node to run next, or None; prefer children of `held` states."""
+def next_ready(state: SchedulerState, held=(), only_held=False):
+    """Pop the ready node to run next, or None; prefer children of `held` states
+    (with `only_held`, take nothing else)."""
     if not state.ready:
         return None
     if held:
         for position in range(len(state.ready) - 1, max(-1, len(state.ready) - 1 - AFFINITY_WINDOW), -1):
             if any(p in held for p in state.parents[state.ready[position]]):
                 return _dispatch(state, state.ready.pop(position))
-    return _dispatch(state, state.ready.pop())
+    return None if only_held else _dispatch(state, state.ready.pop())
 
 
 def _dispatch(state: SchedulerState, node_id):

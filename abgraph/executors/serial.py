@@ -16,23 +16,22 @@ class SerialExecutor(Executor):
         self.device, self.raise_errors = device, raise_errors
         self.cache = StateCache(cache_size)
         self._worker = _InProcessWorker(self.cache, device)
-        self._task = None
 
     def open(self, objects) -> None:
         self.objects = objects
 
     def idle(self) -> list:
-        return [] if self._task else [self._worker]
+        return [] if self._worker.busy else [self._worker]
 
     def submit(self, worker, task) -> None:
-        self._task = task
+        worker.task = task
 
     def collect(self) -> list:
-        task, self._task = self._task, None
+        task, self._worker.task = self._worker.task, None
         return [execute(task, self.objects, self.cache, self.device, reraise=self.raise_errors)]
 
     def running(self) -> dict:
-        return {self._task.node_id: "main"} if self._task else {}
+        return {self._worker.task.node_id: "main"} if self._worker.busy else {}
 
 
 class _InProcessWorker(Worker):

@@ -88,16 +88,21 @@ def environment(device) -> dict:
     return dict(_ENVIRONMENT, device=str(device))
 
 
+def record_for(task: Task, **fields) -> NodeRecord:
+    """The record of a task's node, before (or instead of) running it."""
+    recipe_type, recipe_properties, recipe_version = task.recipe_record
+    cls = task.state_class
+    return NodeRecord(id=task.node_id, parents=list(task.parents), recipe=recipe_type,
+                      recipe_properties=recipe_properties, recipe_version=recipe_version,
+                      properties=task.properties, tags=list(task.tags),
+                      state_class=f"{cls.__module__}.{cls.__qualname__}",
+                      attributes=list(cls.NONHASHED_ATTRIBUTES), **fields)
+
+
 def execute(task: Task, objects, cache: StateCache, device="cpu", reraise=False) -> NodeRecord:
     """Run one task; a failure becomes a failed record. With `reraise` the error
     propagates too (for pdb), carrying that record as `error.abgraph_record`."""
-    recipe_type, recipe_properties, recipe_version = task.recipe_record
-    record = NodeRecord(id=task.node_id, parents=list(task.parents), recipe=recipe_type,
-                        recipe_properties=recipe_properties, recipe_version=recipe_version,
-                        properties=task.properties, tags=list(task.tags),
-                        state_class=f"{task.state_class.__module__}.{task.state_class.__qualname__}",
-                        attributes=list(task.state_class.NONHASHED_ATTRIBUTES),
-                        environment=environment(device), started=time.time())
+    record = record_for(task, environment=environment(device), started=time.time())
     clock = time.perf_counter()
     try:
         with using_device(device):

@@ -1,0 +1,60 @@
+"""A worker process: `python -m abgraph.executors.worker FD`.
+
+Started fresh (never by re-importing the user's script, which may have no
+`if __name__ == "__main__"` guard), it receives dill-pickled tasks on a socket,
+runs them with `task.execute`, and sends slim records back.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+import signal
+import socket
+import sys
+
+
+def _die_with_parent() -> None:
+    """On Linux, have the kernel kill this worker when the driver dies."""
+    if sys.platform.startswith("linux"):
+        import ctypes
+        try:
+            ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+        except OSError:
+            pass
+
+
+def serve(fd: int) -> None:
+    from multiprocessing.connection import Connection
+
+    import dill
+    connection = Connection(socket.socket(fileno=fd).detach())
+    settings = pickle.loads(connection.recv_bytes())
+    sys.path[:0] = [p for p in settings["sys_path"] if p not in sys.path]
+    import torch
+    torch.set_num_threads(settings["threads"])
+    from ..store import ObjectStore
+    from .task import StateCache, execute
+    objects = ObjectStore(settings["objects"])
+    cache = StateCache(settings["cache_size"])
+    connection.send_bytes(b"ready")
+    while True:
+        try:
+            message = connection.recv_bytes()
+        except (EOFError, OSError):
+            return  # the driver is gone or closed us
+        loads = cache.loads
+        try:
+            task = dill.loads(message)
+        except Exception as error:  # e.g. a class that cannot be rebuilt here
+            import traceback
+            connection.send_bytes(pickle.dumps(("unloadable", traceback.format_exc(), str(error))))
+            continue
+        record = execute(task, objects, cache, settings["device"])
+        connection.send_bytes(pickle.dumps(("record", record, cache.loads - loads)))
+
+
+if __name__ == "__main__":
+    signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
+    _die_with_parent()
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    serve(int(sys.argv[1]))
