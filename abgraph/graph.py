@@ -4,6 +4,7 @@ from __future__ import annotations
 import fnmatch
 from functools import cached_property
 
+from .identity import readable
 from .state import ExperimentState
 
 
@@ -25,9 +26,9 @@ class NodeSet(list):
             record = node._ab_record
             for name, wanted in conditions.items():
                 if name in record.properties:
-                    value = record.properties[name]
+                    value = readable(record.properties[name])
                 elif name in record.recipe_properties:
-                    value = record.recipe_properties[name]
+                    value = readable(record.recipe_properties[name])
                 elif name == "recipe":
                     value = record.recipe.rsplit(".", 1)[-1]
                 elif name == "status":
@@ -84,8 +85,9 @@ class NodeSet(list):
             row = {"id": record.id, "parents": list(record.parents),
                    "depth": node._ab_graph.depth(record.id),
                    "recipe": record.recipe.rsplit(".", 1)[-1]}
-            row.update(record.properties)
-            row.update({f"recipe.{k}": _plain(v) for k, v in record.recipe_properties.items()})
+            row.update({k: readable(v) for k, v in record.properties.items()})
+            for name, value in record.recipe_properties.items():
+                row[f"recipe.{name}" if name in record.properties else name] = readable(value)
             row["tags"] = list(record.tags)
             row.update(record.metrics)
             for name, value in record.results.items():
@@ -110,21 +112,6 @@ def _flatten(prefix, value) -> dict:
     return {prefix: value}
 
 
-def _plain(value):
-    """Encoded property values back into something readable in a table."""
-    if isinstance(value, dict) and len(value) == 1:
-        (kind, inner), = value.items()
-        if kind in ("tuple", "set"):
-            return tuple(_plain(v) for v in inner)
-        if kind == "map":
-            return {k: _plain(v) for k, v in inner.items()}
-        if kind in ("float", "path"):
-            return inner if kind == "path" else float(inner)
-    if isinstance(value, list):
-        return [_plain(v) for v in value]
-    return value
-
-
 class ExperimentGraph:
     """Every stored node of an experiment, slim until a node is restored."""
 
@@ -133,7 +120,8 @@ class ExperimentGraph:
         self._by_id = {}
         self._children: dict[str, list] = {}
         for record in records:
-            node = state_class._create(record.properties, record, self, attributes=record.attributes)
+            properties = {k: readable(v) for k, v in record.properties.items()}
+            node = state_class._create(properties, record, self, attributes=record.attributes)
             self._by_id[record.id] = node
             for parent in record.parents:
                 self._children.setdefault(parent, []).append(record.id)

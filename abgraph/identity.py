@@ -73,6 +73,21 @@ def canonical(value, where="value"):
         "a named function or functools.partial, a dataclass, a tensor or a numpy array")
 
 
+def readable(value):
+    """An encoded value back as plain Python, for tables and labels (not for identity)."""
+    if isinstance(value, dict) and len(value) == 1:
+        (kind, inner), = value.items()
+        if kind in ("tuple", "set"):
+            return tuple(readable(v) for v in inner)
+        if kind == "map":
+            return {k: readable(v) for k, v in inner.items()}
+        if kind in ("float", "path", "callable"):
+            return float(inner) if kind == "float" else inner
+    if isinstance(value, list):
+        return [readable(v) for v in value]
+    return value
+
+
 def _sort_key(encoded):
     return json.dumps(encoded, sort_keys=True)
 

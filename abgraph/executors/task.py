@@ -13,6 +13,7 @@ from collections import OrderedDict
 from dataclasses import dataclass, field
 
 from ..device import using_device
+from ..identity import canonical
 from ..state import ExperimentState
 from ..store import NodeRecord
 from ..store import payload as payload_io
@@ -94,7 +95,7 @@ def record_for(task: Task, **fields) -> NodeRecord:
     cls = task.state_class
     return NodeRecord(id=task.node_id, parents=list(task.parents), recipe=recipe_type,
                       recipe_properties=recipe_properties, recipe_version=recipe_version,
-                      properties=task.properties, tags=list(task.tags),
+                      properties=canonical(task.properties, cls.__name__)["map"], tags=list(task.tags),
                       state_class=f"{cls.__module__}.{cls.__qualname__}",
                       attributes=list(cls.NONHASHED_ATTRIBUTES), **fields)
 
