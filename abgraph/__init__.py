@@ -14,5 +14,14 @@ from .recipes import Recipe, function
 from .report import RunReport
 from .state import ExperimentState, StatePromise
 
-__all__ = ["Experiment", "ExperimentGraph", "ExperimentState", "Executor", "NodeSet", "ProcessExecutor", "Recipe",
+
+
+def __getattr__(name):
+    if name == "RayExecutor":  # Ray is an optional extra: import it only when asked for
+        from .executors.ray import RayExecutor
+        return RayExecutor
+    raise AttributeError(f"module 'abgraph' has no attribute {name!r}")
+
+
+__all__ = ["RayExecutor", "Experiment", "ExperimentGraph", "ExperimentState", "Executor", "NodeSet", "ProcessExecutor", "Recipe",
            "RunReport", "SerialExecutor", "StatePromise", "current_device", "function"]

@@ -9,4 +9,11 @@ def default_executor():
     return ProcessExecutor()
 
 
-__all__ = ["Executor", "ProcessExecutor", "SerialExecutor", "Worker", "default_executor"]
+def __getattr__(name):
+    if name == "RayExecutor":  # imported on demand: Ray is an optional extra
+        from .ray import RayExecutor
+        return RayExecutor
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
+__all__ = ["Executor", "ProcessExecutor", "RayExecutor", "SerialExecutor", "Worker", "default_executor"]

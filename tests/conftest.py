@@ -1,0 +1,247 @@
+"""Shared helpers: a small pruning study written the way users write it, run as a
+real script in a subprocess (classes in `__main__`), and the same study imported
+in-process for tests that need to look inside a run.
+
+Every experiment lives in a real folder under pytest's tmp_path: a real SQLite
+index, real blobs, real `dot` renders, real subprocesses.
+"""
+from __future__ import annotations
+
+import hashlib
+import importlib.util
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+ABGRAPH_CLI = Path(sys.executable).with_name("abgraph")
+
+# The user's script. `#EXTEND` is where a test adds code (e.g. its own `extend`,
+# which adds nodes to the graph before it runs).
+STUDY_BODY = r'''
+"""A small pruning study: train an MLP at two learning rates, prune each."""
+import json
+import os
+import sys
+from collections import Counter
+
+import torch
+import torch.nn.utils.prune as prune
+from torch import nn
+
+import abgraph
+
+CALLS = Counter()  # how often each recipe and probe ran in this process
+
+
+class MLP(nn.Module):
+    def __init__(self, inputs, hidden, outputs):
+        super().__init__()
+        self.fc1 = nn.Linear(inputs, hidden)
+        self.fc2 = nn.Linear(hidden, outputs)
+
+    def forward(self, x):
+        return self.fc2(torch.relu(self.fc1(x)))
+
+
+class State(abgraph.ExperimentState):
+    PROPERTIES = ["dataset_name", "hidden"]
+    NONHASHED_ATTRIBUTES = ["train_data", "eval_data", "model"]
+
+    def initialize_state(self, **properties):
+        generator = torch.Generator().manual_seed(0)
+        x = torch.randn(96, 4, generator=generator)
+        y = (x[:, 0] + x[:, 1] > 0).long()
+        self.train_data = (x[:64].clone(), y[:64].clone())
+        self.eval_data = (x[64:].clone(), y[64:].clone())
+        torch.manual_seed(0)
+        self.model = MLP(4, self.hidden, 2)
+
+
+class Train(abgraph.Recipe):
+    PROPERTIES = ["epochs", "lr"]
+
+    def __init__(self, epochs, lr):
+        self.epochs, self.lr = epochs, lr
+
+    def run(self, state):
+        CALLS["Train"] += 1
+        torch.manual_seed(0)
+        optimizer = torch.optim.SGD(state.model.parameters(), lr=self.lr)
+        x, y = state.train_data
+        for _ in range(self.epochs):
+            optimizer.zero_grad()
+            loss = nn.functional.cross_entropy(state.model(x), y)
+            loss.backward()
+            optimizer.step()
+        state.metrics["loss"] = loss.item()
+        state.metrics["device"] = str(abgraph.current_device())
+        return state
+
+
+class Prune(abgraph.Recipe):
+    PROPERTIES = ["amount"]
+
+    def run(self, state):
+        CALLS["Prune"] += 1
+        prune.l1_unstructured(state.model.fc1, "weight", amount=self.amount)
+        return state
+
+
+@abgraph.function
+def accuracy(state):
+    CALLS["accuracy"] += 1
+    x, y = state.eval_data
+    with torch.no_grad():
+        predicted = state.model(x).argmax(1)
+    return {"accuracy": (predicted == y).float().mean().item(), "n": len(y)}
+
+
+LRS = [0.05, 0.5]
+
+
+def build(directory, lrs=LRS):
+    exp = abgraph.Experiment(directory, state_class=State)
+    root = exp.spawn_new_tree(dataset_name="toy", hidden=8)
+    ids = {"root": root.id}
+    for lr in lrs:
+        with exp.tag(f"lr:{lr}"):
+            trained = Train(epochs=3, lr=lr)(root)
+            accuracy(trained)
+            with exp.tag("pruned"):
+                pruned = Prune(amount=0.5)(trained)
+                accuracy(pruned)
+        ids[f"train:{lr}"], ids[f"prune:{lr}"] = trained.id, pruned.id
+    return exp, ids
+
+
+def extend(exp, ids):
+    """A test's script redefines this to add nodes."""
+'''
+
+STUDY_MAIN = r'''
+
+def main(directory):
+    exp, ids = build(directory)
+    extend(exp, ids)
+    result = {"ids": ids}
+    if not os.environ.get("ABGRAPH_TEST_BUILD_ONLY"):
+        report = exp.run(executor=abgraph.SerialExecutor())
+        result.update(executed=report.executed, cached=report.cached, failed=report.failed,
+                      blocked=report.blocked, calls=dict(CALLS))
+    print("RESULT " + json.dumps(result))
+
+
+if __name__ == "__main__":
+    main(sys.argv[1])
+'''
+
+# node names of the base study, as keys of `ids`
+BASE_NODES = ["root", "train:0.05", "prune:0.05", "train:0.5", "prune:0.5"]
+
+
+def write_script(directory, extra: str = "", name: str = "study.py") -> Path:
+    """Write the study (plus `extra` code) as a user script; return its path."""
+    path = Path(directory) / name
+    path.write_text(STUDY_BODY + extra + STUDY_MAIN)
+    return path
+
+
+def run_script(script, experiment_dir, env=None, build_only=False, timeout=120) -> dict:
+    """`python script experiment_dir` in a fresh process; return what it printed
+    on its RESULT line (ids, and what the run executed, cached, failed...)."""
+    environment = dict(os.environ, **(env or {}))
+    environment.pop("ABGRAPH_TEST_BUILD_ONLY", None)
+    if build_only:
+        environment["ABGRAPH_TEST_BUILD_ONLY"] = "1"
+    done = subprocess.run([sys.executable, str(script), str(experiment_dir)], capture_output=True,
+                          text=True, env=environment, timeout=timeout)
+    assert done.returncode == 0, f"script failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
+    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
+    assert lines, f"no RESULT line in:\n{done.stdout}\n{done.stderr}"
+    return json.loads(lines[-1][len("RESULT "):])
+
+
+def run_python(code: str, *args, cwd=None, timeout=120) -> subprocess.CompletedProcess:
+    """Run `code` in a fresh interpreter (nothing of the study importable)."""
+    return subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True,
+                          text=True, timeout=timeout, cwd=cwd)
+
+
+def cli_command(*args) -> list:
+    """The `abgraph` console script (or `python -m abgraph.cli` where it is missing)."""
+    base = [str(ABGRAPH_CLI)] if ABGRAPH_CLI.exists() else [sys.executable, "-m", "abgraph.cli"]
+    return base + [str(a) for a in args]
+
+
+def run_cli(*args, timeout=120) -> subprocess.CompletedProcess:
+    return subprocess.run(cli_command(*args), capture_output=True, text=True, timeout=timeout)
+
+
+def run_cli_many(commands, timeout=120) -> list:
+    """Run several `abgraph` commands at once (each pays for importing torch);
+    return their CompletedProcesses in order."""
+    started = [subprocess.Popen(cli_command(*args), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
+                                text=True) for args in commands]
+    results = []
+    for args, process in zip(commands, started):
+        stdout, stderr = process.communicate(timeout=timeout)
+        results.append(subprocess.CompletedProcess(cli_command(*args), process.returncode,
+                                                   stdout, stderr))
+    return results
+
+
+def blob_files(directory) -> dict:
+    """digest -> path of every blob under `directory/objects` (temporary files excluded)."""
+    root = Path(directory) / "objects"
+    return {p.parent.name + p.name: p for p in root.glob("*/*") if not p.name.startswith(".tmp")}
+
+
+def sha256(path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def copy_experiment(source, destination) -> Path:
+    shutil.copytree(source, destination)
+    return Path(destination)
+
+
+# -- fixtures ------------------------------------------------------------------
+
+@pytest.fixture(scope="session")
+def study_script(tmp_path_factory) -> Path:
+    return write_script(tmp_path_factory.mktemp("script"))
+
+
+@pytest.fixture(scope="session")
+def study_run(study_script, tmp_path_factory):
+    """The study run once by a user script in a subprocess (read-only: copy it to change it)."""
+    directory = tmp_path_factory.mktemp("study") / "experiment"
+    result = run_script(study_script, directory, env={"PYTHONHASHSEED": "0"})
+    return SimpleNamespace(directory=directory, ids=result["ids"], result=result,
+                           script=study_script)
+
+
+@pytest.fixture
+def study_copy(study_run, tmp_path) -> Path:
+    """A private copy of the study's experiment folder, free to change."""
+    return copy_experiment(study_run.directory, tmp_path / "copy")
+
+
+@pytest.fixture(scope="session")
+def study(study_script):
+    """The study's module imported in-process (its classes have real source)."""
+    name = "abgraph_test_study"
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(name, study_script)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
