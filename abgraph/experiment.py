@@ -5,6 +5,7 @@ import contextlib
 import difflib
 import fcntl
 import importlib
+import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -153,6 +154,8 @@ class Experiment:
             finally:
                 executor.close()
         self._graph = None
+        if report.interrupted:
+            print(f"abgraph: run interrupted; {report}", file=sys.stderr)
         return report
 
     @contextlib.contextmanager

@@ -194,6 +194,20 @@ def folder_bytes(directory: Path) -> int:
     return sum(p.stat().st_size for p in Path(directory).rglob("*") if p.is_file())
 
 
+def file_create_cost(directory: Path, count=200):
+    """What the file system charges for a new file: both stores write two per node."""
+    probe = directory / "probe"
+    probe.mkdir()
+    times = []
+    for i in range(count):
+        start = time.perf_counter()
+        with open(probe / str(i), "wb"):
+            pass
+        times.append(time.perf_counter() - start)
+    shutil.rmtree(probe)
+    return statistics.median(times)
+
+
 def fmt_time(seconds):
     if seconds < 1e-3:
         return f"{seconds * 1e6:.0f} µs"
@@ -245,8 +259,12 @@ def bench_main(work: Path, args):
     for repeat in range(repeats):
         ab_dir, naive_dir = work / f"ab-{repeat}", work / f"naive-{repeat}"
         t_compute, _ = timed(pure_compute, branches, chain)
-        t_ab, report = timed(abgraph_run, ab_dir, branches, chain)
-        t_naive, _ = timed(naive_run, naive_dir, branches, chain)
+        if repeat % 2 == 0:  # alternate the order: neither side always runs after the other
+            t_ab, report = timed(abgraph_run, ab_dir, branches, chain)
+            t_naive, _ = timed(naive_run, naive_dir, branches, chain)
+        else:
+            t_naive, _ = timed(naive_run, naive_dir, branches, chain)
+            t_ab, report = timed(abgraph_run, ab_dir, branches, chain)
         assert len(report.executed) == nodes and not report.failed, report
         compute_times.append(t_compute), ab_times.append(t_ab), naive_times.append(t_naive)
         phases.append(sum(report.durations.values()))
@@ -437,22 +455,30 @@ def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="fewer repeats (under a minute)")
     parser.add_argument("--profile", action="store_true", help="print cProfile hot spots")
-    parser.add_argument("--dir", default=None, help="parent of the temporary directory")
+    parser.add_argument("--dir", default=None, help="parent of the temporary directory "
+                        "(default: the system's, $TMPDIR or /tmp)")
+    parser.add_argument("--threads", type=int, default=1,
+                        help="torch intra-op threads (default 1: steadier timings on a shared machine)")
     args = parser.parse_args(argv)
-    args.repeats_main = 2 if args.quick else 5
+    torch.set_num_threads(args.threads)
+    args.repeats_main = 3 if args.quick else 7
     args.repeats_restore = 10 if args.quick else 30
     args.repeats_query = 3 if args.quick else 7
     args.big_branches, args.big_chain = 100, 100
     print(f"abgraph {dg.__version__}, torch {torch.__version__}, dill {dill.__version__}, "
           f"python {sys.version.split()[0]}, {os.cpu_count()} CPUs, torch threads "
-          f"{torch.get_num_threads()}{', --quick' if args.quick else ''}")
+          f"{torch.get_num_threads()}{', --quick' if args.quick else ''}; load average "
+          f"{os.getloadavg()[0]:.2f}")
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="abgraph-bench-", dir=args.dir) as tmp:
         work = Path(tmp)
+        print(f"working in {work}; creating an empty file there takes "
+              f"{fmt_time(file_create_cost(work))} (median of 200)")
         bench_main(work, args)
         bench_big(work, args)
         bench_rerun(work, args)
-    print(f"\nsummary ({fmt_time(time.perf_counter() - start)} in all)")
+    print(f"\nsummary ({fmt_time(time.perf_counter() - start)} in all; load average now "
+          f"{os.getloadavg()[0]:.2f})")
     print("| figure | abgraph | baseline | ratio | target | result |")
     print("|---|---|---|---|---|---|")
     for r in RESULTS:

@@ -86,11 +86,15 @@ class Train(abgraph.Recipe):
 
 
 class Prune(abgraph.Recipe):
-    PROPERTIES = ["amount"]
+    PROPERTIES = ["amount", "layers"]
+
+    def __init__(self, amount, layers=("fc1",)):
+        self.amount, self.layers = amount, layers
 
     def run(self, state):
         CALLS["Prune"] += 1
-        prune.l1_unstructured(state.model.fc1, "weight", amount=self.amount)
+        for name in sorted(self.layers):
+            prune.l1_unstructured(getattr(state.model, name), "weight", amount=self.amount)
         return state
 
 
@@ -109,28 +113,28 @@ LRS = [0.05, 0.5]
 def build(directory, lrs=LRS):
     exp = abgraph.Experiment(directory, state_class=State)
     root = exp.spawn_new_tree(dataset_name="toy", hidden=8)
-    ids = {"root": root.id}
+    nodes = {"root": root}
     for lr in lrs:
         with exp.tag(f"lr:{lr}"):
             trained = Train(epochs=3, lr=lr)(root)
             accuracy(trained)
             with exp.tag("pruned"):
-                pruned = Prune(amount=0.5)(trained)
+                pruned = Prune(amount=0.5, layers={"fc1", "fc2"})(trained)
                 accuracy(pruned)
-        ids[f"train:{lr}"], ids[f"prune:{lr}"] = trained.id, pruned.id
-    return exp, ids
+        nodes[f"train:{lr}"], nodes[f"prune:{lr}"] = trained, pruned
+    return exp, nodes
 
 
-def extend(exp, ids):
-    """A test's script redefines this to add nodes."""
+def extend(exp, nodes):
+    """A test's script redefines this to add nodes (name -> promise) to the study."""
 '''
 
 STUDY_MAIN = r'''
 
 def main(directory):
-    exp, ids = build(directory)
-    extend(exp, ids)
-    result = {"ids": ids}
+    exp, nodes = build(directory)
+    extend(exp, nodes)
+    result = {"ids": {name: promise.id for name, promise in nodes.items()}}
     if not os.environ.get("ABGRAPH_TEST_BUILD_ONLY"):
         report = exp.run(executor=abgraph.SerialExecutor())
         result.update(executed=report.executed, cached=report.cached, failed=report.failed,
@@ -226,6 +230,14 @@ def study_run(study_script, tmp_path_factory):
     result = run_script(study_script, directory, env={"PYTHONHASHSEED": "0"})
     return SimpleNamespace(directory=directory, ids=result["ids"], result=result,
                            script=study_script)
+
+
+@pytest.fixture(scope="session")
+def study_rerun(study_run, tmp_path_factory):
+    """The same script run again into a fresh folder, in a process with another hash seed."""
+    directory = tmp_path_factory.mktemp("rerun") / "experiment"
+    result = run_script(study_run.script, directory, env={"PYTHONHASHSEED": "5"})
+    return SimpleNamespace(directory=directory, ids=result["ids"], result=result)
 
 
 @pytest.fixture

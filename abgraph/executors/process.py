@@ -11,8 +11,7 @@ import time
 from collections import OrderedDict
 from multiprocessing.connection import Connection, wait
 
-import dill
-
+from .. import serialization
 from ..store import NodeRecord
 from .base import Executor, Worker
 from .task import record_for
@@ -135,11 +134,14 @@ class ProcessExecutor(Executor):
 
     def submit(self, worker, task) -> None:
         if worker.process is None:
-            self._start(worker)
+            # start every missing worker at once: they import torch in parallel
+            for other in self.workers:
+                if other.process is None:
+                    self._start(other)
         worker.task, worker.started = task, time.time()
         worker.remember(task)
         try:
-            message = dill.dumps(task, recurse=True)
+            message = serialization.dumps(task)
         except Exception as error:
             worker.task = None
             raise TypeError(f"the task for node {task.node_id} cannot be sent to a worker process "

@@ -8,8 +8,7 @@ from __future__ import annotations
 
 import time
 
-import dill
-
+from .. import serialization
 from .base import Executor, Worker
 from .task import StateCache, execute, record_for
 
@@ -28,7 +27,7 @@ def _run_on_ray(message: bytes, objects_root: str, num_gpus: float):
     if num_gpus:
         device = "cuda:0"  # Ray sets CUDA_VISIBLE_DEVICES to the GPUs it granted
         assert ray.get_gpu_ids(), "Ray granted no GPU"
-    task = dill.loads(message)
+    task = serialization.loads(message)
     return execute(task, ObjectStore(objects_root), _cache, device)
 
 
@@ -71,7 +70,7 @@ class RayExecutor(Executor):
 
     def submit(self, worker, task) -> None:
         worker.task, worker.started = task, time.time()
-        message = dill.dumps(task, recurse=True)
+        message = serialization.dumps(task)
         self._pending[self._remote.remote(message, self.objects_root, self.num_gpus)] = worker
 
     def collect(self) -> list:

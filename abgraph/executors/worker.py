@@ -1,7 +1,7 @@
 """A worker process: `python -m abgraph.executors.worker FD`.
 
 Started fresh (never by re-importing the user's script, which may have no
-`if __name__ == "__main__"` guard), it receives dill-pickled tasks on a socket,
+`if __name__ == "__main__"` guard), it receives pickled tasks on a socket,
 runs them with `task.execute`, and sends slim records back.
 """
 from __future__ import annotations
@@ -26,7 +26,7 @@ def _die_with_parent() -> None:
 def serve(fd: int) -> None:
     from multiprocessing.connection import Connection
 
-    import dill
+    from .. import serialization
     connection = Connection(socket.socket(fileno=fd).detach())
     settings = pickle.loads(connection.recv_bytes())
     sys.path[:0] = [p for p in settings["sys_path"] if p not in sys.path]
@@ -44,7 +44,7 @@ def serve(fd: int) -> None:
             return  # the driver is gone or closed us
         loads = cache.loads
         try:
-            task = dill.loads(message)
+            task = serialization.loads(message)
         except Exception as error:  # e.g. a class that cannot be rebuilt here
             import traceback
             connection.send_bytes(pickle.dumps(("unloadable", traceback.format_exc(), str(error))))

@@ -13,6 +13,7 @@ import dill
 import numpy
 import torch
 
+from .. import serialization
 from .objects import BlobError, ObjectStore, blob_digest
 
 
@@ -60,9 +61,9 @@ def _unchanged(tensor, source) -> bool:
     return tensor.device == source.device and torch.equal(tensor, source)
 
 
-class _Pickler(dill.Pickler):
+class _Pickler(serialization.Pickler):
     def __init__(self, file, store: ObjectStore, known: dict, snapshot: Snapshot):
-        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL, recurse=True)
+        super().__init__(file)
         self.store, self.known, self.snapshot = store, known, snapshot
         self.blobs: list[str] = []
         self._refs: dict[int, int] = {}
@@ -135,11 +136,11 @@ class _CopyPickler(pickle.Pickler):
         return ref
 
 
-class _DillCopyPickler(dill.Pickler):
+class _DillCopyPickler(serialization.Pickler):
     persistent_id = _CopyPickler.persistent_id
 
     def __init__(self, file, tensors: list):
-        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL, recurse=True)
+        super().__init__(file)
         self.tensors, self._refs = tensors, {}
 
 
@@ -206,7 +207,7 @@ def _name_unpicklable(payload: dict, error: Exception) -> str:
     """Find which attribute could not be pickled, for an error a user can act on."""
     for name, value in payload.items():
         try:
-            dill.dumps(value, recurse=True)
+            serialization.dumps(value)
         except Exception as inner:
             return (f"attribute {name!r} ({type(value).__name__}) cannot be pickled: {inner}; "
                     "keep only picklable objects in NONHASHED_ATTRIBUTES")

@@ -1,0 +1,41 @@
+"""dill, with imported modules pickled by reference.
+
+dill pickles a module that is not in site-packages (an editable install, the
+user's own `mylib.py` beside the script) with its whole namespace, which fails on
+locks and context variables and bloats every message. An imported module is
+importable where the payload is read (workers get the driver's `sys.path`), so a
+reference is enough; only `__main__` travels by value.
+"""
+from __future__ import annotations
+
+import importlib
+import io
+import pickle
+from types import ModuleType
+
+import dill
+from dill._dill import MetaCatchingDict, save_module
+
+
+def _save_module(pickler, module):
+    if module.__name__ == "__main__" or getattr(module, "__spec__", None) is None:
+        return save_module(pickler, module)
+    pickler.save_reduce(importlib.import_module, (module.__name__,), obj=module)
+
+
+class Pickler(dill.Pickler):
+    dispatch = MetaCatchingDict(dill.Pickler.dispatch.copy())
+    dispatch[ModuleType] = _save_module
+
+    def __init__(self, file, **settings):
+        settings.setdefault("recurse", True)
+        super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL, **settings)
+
+
+def dumps(obj) -> bytes:
+    buffer = io.BytesIO()
+    Pickler(buffer).dump(obj)
+    return buffer.getvalue()
+
+
+loads = dill.loads

@@ -1,0 +1,246 @@
+"""Issue 3, item 4: the SQLite index (WAL) and the content-addressed object store."""
+from __future__ import annotations
+
+import errno
+import json
+import os
+import pickle
+import platform
+import socket
+import sqlite3
+
+import dill
+import pytest
+import torch
+from torch import nn
+
+import abgraph
+from abgraph.store import Index
+from abgraph.store.maintenance import verify
+from conftest import blob_files, run_python, run_script, sha256
+
+
+class Chain(abgraph.ExperimentState):
+    PROPERTIES = ["width"]
+    NONHASHED_ATTRIBUTES = ["model", "data"]
+
+    def initialize_state(self, **properties):
+        torch.manual_seed(0)
+        self.model = nn.Sequential(nn.Linear(16, self.width), nn.ReLU(), nn.Linear(self.width, 4))
+        self.data = torch.randn(128, 16)
+
+
+class Nudge(abgraph.Recipe):
+    """Changes only the first layer's weight."""
+    PROPERTIES = ["step"]
+
+    def run(self, state):
+        with torch.no_grad():
+            state.model[0].weight.add_(self.step)
+        return state
+
+
+def records_by_id(directory) -> dict:
+    index = Index(directory)
+    try:
+        return {r.id: r for r in index.records()}
+    finally:
+        index.close()
+
+
+def test_layout_and_wal_mode(study_run):
+    directory = study_run.directory
+    assert (directory / "abgraph.sqlite").is_file()
+    assert (directory / "objects").is_dir()
+    mode = sqlite3.connect(directory / "abgraph.sqlite").execute("PRAGMA journal_mode").fetchone()[0]
+    assert mode == "wal"
+
+
+def test_blobs_are_content_addressed_and_complete(study_run):
+    blobs = blob_files(study_run.directory)
+    assert blobs
+    for digest, path in blobs.items():
+        assert sha256(path) == digest, path
+    for record in records_by_id(study_run.directory).values():
+        assert record.payload in blobs
+        assert set(record.blobs) <= set(blobs)
+    assert not [p for p in (study_run.directory / "objects").rglob("*") if ".tmp" in p.name]
+
+
+def test_an_unchanged_tensor_is_stored_once_per_experiment(tmp_path):
+    exp = abgraph.Experiment(tmp_path, state_class=Chain)
+    node = root = exp.spawn_new_tree(width=32)
+    chain = []
+    for step in range(1, 6):
+        node = Nudge(step=float(step))(node)
+        chain.append(node)
+    report = exp.run(executor=abgraph.SerialExecutor())
+    assert report.ok and len(report.executed) == 6
+    records = records_by_id(tmp_path)
+    root_tensors = set(records[root.id].blobs)
+    assert len(root_tensors) == 5  # 2 weights, 2 biases, the data
+    previous = root_tensors
+    for promise in chain:
+        tensors = set(records[promise.id].blobs)
+        assert len(tensors - previous) == 1 and len(previous - tensors) == 1  # only the weight
+        previous = tensors
+    # 5 root tensors + 5 new first-layer weights + 6 payload pickles, nothing else
+    assert len(blob_files(tmp_path)) == 5 + 5 + 6
+    data_bytes = 128 * 16 * 4
+    sizes = [p.stat().st_size for p in blob_files(tmp_path).values()]
+    assert sizes.count(data_bytes) == 1  # the data is on disk once, not once per node
+    root_bytes = sum(blob_files(tmp_path)[d].stat().st_size
+                     for d in root_tensors | {records[root.id].payload})
+    assert sum(sizes) < 6 * root_bytes / 2  # less than half of one full copy per node
+
+
+def test_a_failed_write_leaves_no_partial_blob(tmp_path, monkeypatch):
+    """Disk full while renaming a blob into place: the node fails, nothing half-written
+    is left, and the next run completes."""
+    real_replace = os.replace
+
+    def disk_full(source, destination, *args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    exp = abgraph.Experiment(tmp_path, state_class=Chain)
+    root = exp.spawn_new_tree(width=4)
+    child = Nudge(step=1.0)(root)
+    monkeypatch.setattr(os, "replace", disk_full)
+    report = exp.run(executor=abgraph.SerialExecutor())
+    monkeypatch.setattr(os, "replace", real_replace)
+    assert report.failed == [root.id] and report.blocked == [child.id]
+    assert "No space left on device" in report.errors[root.id]
+    assert list((tmp_path / "objects").rglob("*.tmp*")) == []
+    assert [p for p in (tmp_path / "objects").rglob("*") if p.is_file()] == []
+    record = records_by_id(tmp_path)[root.id]
+    assert record.status == "failed" and record.payload is None
+    report = exp.run(executor=abgraph.SerialExecutor())
+    assert report.ok and sorted(report.executed) == sorted([root.id, child.id])
+    assert verify(exp.index, exp.objects).clean
+
+
+def test_slim_restore_never_unpickles(study_run, monkeypatch, tmp_path):
+    def refuse(*args, **kwargs):
+        raise AssertionError("slim restore unpickled something")
+
+    for module in (pickle, dill):
+        monkeypatch.setattr(module, "loads", refuse)
+        monkeypatch.setattr(module, "load", refuse)
+    monkeypatch.setattr(dill.Unpickler, "load", refuse)
+    monkeypatch.setattr(abgraph.store.payload, "load", refuse)
+    exp = abgraph.Experiment.restore(study_run.directory)
+    graph = exp.graph
+    assert len(graph) == 5
+    pruned = graph.nodes.filter("pruned") & graph.nodes.filter("lr:0.5")
+    assert [n.id for n in pruned] == [study_run.ids["prune:0.5"]]
+    assert 0 <= pruned[0].results["accuracy"]["accuracy"] <= 1
+    assert len(graph.to_dataframe()) == 5
+    assert graph.draw(tmp_path / "graph", format="svg").endswith(".svg")
+    assert graph.nx.number_of_nodes() == 5
+    with pytest.raises(AttributeError, match="restore"):
+        pruned[0].model
+    with pytest.raises(AssertionError, match="unpickled"):
+        pruned[0].restore()  # the full restore is the one that unpickles
+
+
+SLIM_THEN_FULL = r'''
+import json, sys
+import torch
+import abgraph
+
+exp = abgraph.Experiment.restore(sys.argv[1])
+node = exp.graph.node(sys.argv[2][:10])
+out = {"state_type": type(node).__name__, "tags": node.tags, "results": node.results,
+       "properties": node.properties, "main_has_state": hasattr(sys.modules["__main__"], "State")}
+try:
+    node.model
+except AttributeError as error:
+    out["slim_error"] = str(error)
+node.restore()
+model = node.model
+x, y = node.eval_data
+with torch.no_grad():
+    out["accuracy"] = (model(x).argmax(1) == y).float().mean().item()
+out.update(model_type=type(model).__name__, is_module=isinstance(model, torch.nn.Module),
+           fc1_zeros=(model.fc1.weight == 0).float().mean().item(),
+           fc2_zeros=(model.fc2.weight == 0).float().mean().item(),
+           has_mask=hasattr(model.fc1, "weight_mask"))
+print(json.dumps(out))
+'''
+
+
+def test_restore_where_the_state_class_cannot_be_imported(study_run, tmp_path):
+    """The study's classes live in the `__main__` of a script that is gone: slim browsing
+    needs none of them; the full payload comes back through dill's by-value classes."""
+    node_id = study_run.ids["prune:0.5"]
+    done = run_python(SLIM_THEN_FULL, study_run.directory, node_id, cwd=tmp_path)
+    assert done.returncode == 0, done.stderr
+    out = json.loads(done.stdout.strip().splitlines()[-1])
+    assert out["main_has_state"] is False
+    assert out["state_type"] == "ExperimentState"
+    assert out["tags"] == ["lr:0.5", "pruned"]
+    assert out["properties"] == {"dataset_name": "toy", "hidden": 8}
+    assert "restore" in out["slim_error"]
+    assert out["model_type"] == "MLP" and out["is_module"]
+    assert out["fc1_zeros"] == 0.5 and out["fc2_zeros"] == 0.5 and out["has_mask"]
+    # the restored model is the one the probe measured when the node was made
+    assert out["accuracy"] == out["results"]["accuracy"]["accuracy"]
+
+
+def _payload_digests(directory) -> dict:
+    return {node_id: record.payload for node_id, record in records_by_id(directory).items()}
+
+
+def test_a_deterministic_rerun_reproduces_the_payload_digest(study_run, tmp_path):
+    result = run_script(study_run.script, tmp_path / "fresh", env={"PYTHONHASHSEED": "0"})
+    assert result["ids"] == study_run.ids
+    assert len(result["executed"]) == 5
+    assert _payload_digests(tmp_path / "fresh") == _payload_digests(study_run.directory)
+
+
+@pytest.mark.xfail(reason="BUG: the payload digest depends on PYTHONHASHSEED (random per process by "
+                          "default) whenever the payload holds a class defined in the user's script: "
+                          "dill pickles it by value with its globals in set order, so a bit-identical "
+                          "re-run looks like it did not reproduce", strict=True)
+def test_payload_digest_does_not_depend_on_the_hash_seed(study_run, study_rerun):
+    assert study_rerun.ids == study_run.ids
+    assert _payload_digests(study_rerun.directory) == _payload_digests(study_run.directory)
+
+
+def test_the_tensors_are_reproduced_whatever_the_hash_seed(study_run, study_rerun):
+    """What the payload digest should show: the tensors are bit for bit the same."""
+    first, second = records_by_id(study_run.directory), records_by_id(study_rerun.directory)
+    for node_id in study_run.ids.values():
+        assert first[node_id].blobs == second[node_id].blobs
+
+
+def test_each_record_holds_what_the_issue_lists(study_run):
+    records = records_by_id(study_run.directory)
+    pruned = records[study_run.ids["prune:0.5"]]
+    trained = records[study_run.ids["train:0.5"]]
+    root = records[study_run.ids["root"]]
+    assert root.parents == [] and root.recipe == "root"
+    assert pruned.parents == [trained.id]
+    assert pruned.recipe == "__main__.Prune"
+    assert pruned.recipe_properties["amount"] == 0.5
+    assert abgraph.identity.readable(pruned.recipe_properties["layers"]) == ("fc1", "fc2")
+    assert pruned.recipe_version.startswith("src:")
+    assert abgraph.identity.readable(pruned.properties["hidden"]) == 8
+    assert pruned.state_class == "__main__.State"
+    assert pruned.attributes == ["train_data", "eval_data", "model"]
+    assert pruned.tags == ["lr:0.5", "pruned"]
+    assert set(trained.metrics) == {"loss", "device"}
+    assert set(pruned.results["accuracy"]) == {"accuracy", "n"}
+    assert pruned.status == "done" and pruned.error is None
+    assert pruned.started <= pruned.finished and pruned.duration > 0
+    assert len(pruned.payload) == 64
+
+
+def test_the_environment_is_recorded(study_run):
+    for record in records_by_id(study_run.directory).values():
+        environment = record.environment
+        assert environment["python"] == platform.python_version()
+        assert environment["torch"] == torch.__version__
+        assert environment["abgraph"] == abgraph.__version__
+        assert environment["host"] == socket.gethostname()
+        assert environment["device"] == "cpu"
