@@ -97,10 +97,56 @@ class NodeSet(list):
         return pandas.DataFrame(rows)
 
     def summarize(self, metric: str, by, confidence: float = 0.95):
-        """Mean, spread and confidence interval of `metric` per group of nodes."""
+        """n, mean, std and confidence interval of `metric` per group of nodes.
+
+        Each name in `by` is looked up on the node (state or recipe property),
+        then in its `name:value` tags, then on its nearest ancestor that has it:
+        so Evaluate nodes group by the `amount` of the Prune above them. Seeds are
+        what varies inside a group: leave them out of `by`.
+        """
         from . import stats
         by = [by] if isinstance(by, str) else list(by)
-        return stats.summarize(self.to_dataframe(), metric, by, confidence)
+        frame = self.to_dataframe()
+        for name in by:
+            frame[name] = [_lookup(node, name) for node in self]
+        return stats.summarize(frame, metric, by, confidence)
+
+    def plot(self, metric: str, by, kind: str = "point", filename=None, title=None, ax=None,
+             confidence: float = 0.95):
+        """Points (or bars) with confidence intervals of `metric` grouped `by`;
+        saved to `filename` (.pdf, .svg, .png) when given. Returns the figure."""
+        from .plotting import plot_summary
+        by = [by] if isinstance(by, str) else list(by)
+        summary = self.summarize(metric, by, confidence)
+        return plot_summary(summary, metric, by, kind=kind, filename=filename, title=title, ax=ax)
+
+
+def _lookup(node, name):
+    """`name` on the node, in its `name:value` tags, or on its nearest ancestor."""
+    seen, frontier = set(), [node]
+    while frontier:
+        current = frontier.pop(0)
+        record = current._ab_record
+        for source in (record.properties, record.recipe_properties):
+            if name in source:
+                return readable(source[name])
+        if current is node:
+            for tag in record.tags:
+                key, _, value = tag.partition(":")
+                if key == name and value:
+                    return _number(value)
+        seen.add(current.id)
+        frontier.extend(p for p in current.parents if p.id not in seen)
+    return None
+
+
+def _number(text):
+    for kind in (int, float):
+        try:
+            return kind(text)
+        except ValueError:
+            pass
+    return text
 
 
 def _flatten(prefix, value) -> dict:
