@@ -157,19 +157,28 @@ def write_script(directory, extra: str = "", name: str = "study.py") -> Path:
     return path
 
 
-def run_script(script, experiment_dir, env=None, build_only=False, timeout=120) -> dict:
-    """`python script experiment_dir` in a fresh process; return what it printed
-    on its RESULT line (ids, and what the run executed, cached, failed...)."""
+def start_script(script, experiment_dir, env=None, build_only=False) -> subprocess.Popen:
+    """Start `python script experiment_dir` in a fresh process (see `finish_script`)."""
     environment = dict(os.environ, **(env or {}))
     environment.pop("ABGRAPH_TEST_BUILD_ONLY", None)
     if build_only:
         environment["ABGRAPH_TEST_BUILD_ONLY"] = "1"
-    done = subprocess.run([sys.executable, str(script), str(experiment_dir)], capture_output=True,
-                          text=True, env=environment, timeout=timeout)
-    assert done.returncode == 0, f"script failed ({done.returncode}):\n{done.stdout}\n{done.stderr}"
-    lines = [line for line in done.stdout.splitlines() if line.startswith("RESULT ")]
-    assert lines, f"no RESULT line in:\n{done.stdout}\n{done.stderr}"
-    return json.loads(lines[-1][len("RESULT "):])
+    return subprocess.Popen([sys.executable, str(script), str(experiment_dir)], stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, env=environment)
+
+
+def finish_script(process: subprocess.Popen, timeout=120) -> dict:
+    """Wait for a script; return what it printed on its RESULT line (ids, and what
+    the run executed, cached, failed, blocked, and the recipe calls it made)."""
+    stdout, stderr = process.communicate(timeout=timeout)
+    assert process.returncode == 0, f"script failed ({process.returncode}):\n{stdout}\n{stderr}"
+    found = [line for line in stdout.splitlines() if line.startswith("RESULT ")]
+    assert found, f"no RESULT line in:\n{stdout}\n{stderr}"
+    return json.loads(found[-1][len("RESULT "):])
+
+
+def run_script(script, experiment_dir, env=None, build_only=False, timeout=120) -> dict:
+    return finish_script(start_script(script, experiment_dir, env, build_only), timeout)
 
 
 def run_python(code: str, *args, cwd=None, timeout=120) -> subprocess.CompletedProcess:
@@ -224,20 +233,34 @@ def study_script(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def study_run(study_script, tmp_path_factory):
-    """The study run once by a user script in a subprocess (read-only: copy it to change it)."""
-    directory = tmp_path_factory.mktemp("study") / "experiment"
-    result = run_script(study_script, directory, env={"PYTHONHASHSEED": "0"})
-    return SimpleNamespace(directory=directory, ids=result["ids"], result=result,
-                           script=study_script)
+def study_runs(study_script, tmp_path_factory):
+    """The study script run three times side by side, each into a fresh folder:
+    `main` (hash seed 0), `fresh` (hash seed 0 again), `other_seed` (hash seed 5)."""
+    seeds = {"main": "0", "fresh": "0", "other_seed": "5"}
+    directories = {name: tmp_path_factory.mktemp(name) / "experiment" for name in seeds}
+    started = {name: start_script(study_script, directories[name], env={"PYTHONHASHSEED": seed})
+               for name, seed in seeds.items()}
+    return {name: SimpleNamespace(directory=directories[name], ids=result["ids"], result=result,
+                                  script=study_script)
+            for name, result in ((n, finish_script(p)) for n, p in started.items())}
 
 
 @pytest.fixture(scope="session")
-def study_rerun(study_run, tmp_path_factory):
+def study_run(study_runs):
+    """The study run once by a user script in a subprocess (read-only: copy it to change it)."""
+    return study_runs["main"]
+
+
+@pytest.fixture(scope="session")
+def study_rerun(study_runs):
     """The same script run again into a fresh folder, in a process with another hash seed."""
-    directory = tmp_path_factory.mktemp("rerun") / "experiment"
-    result = run_script(study_run.script, directory, env={"PYTHONHASHSEED": "5"})
-    return SimpleNamespace(directory=directory, ids=result["ids"], result=result)
+    return study_runs["other_seed"]
+
+
+@pytest.fixture(scope="session")
+def study_fresh(study_runs):
+    """The same script run again into a fresh folder with the same hash seed."""
+    return study_runs["fresh"]
 
 
 @pytest.fixture

@@ -19,8 +19,10 @@ from pathlib import Path
 
 import pytest
 
+from abgraph import Experiment
 from abgraph.executors import ProcessExecutor, SerialExecutor
 from abgraph.executors.process import assign_devices, default_devices, threads_per_worker
+from conftest import cli_command
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and signals")
 
@@ -33,7 +35,6 @@ import json, os, signal, sys, time
 import torch
 from torch import nn
 import abgraph as ab
-from abgraph import current_device
 
 WORK = os.environ["ABTEST_DIR"]
 
@@ -61,7 +62,7 @@ class Train(ab.Recipe):
             loss.backward()
             opt.step()
         state.metrics["loss"] = loss.item()
-        state.metrics["device"] = str(current_device())
+        state.metrics["device"] = str(ab.current_device())
         state.metrics["threads"] = torch.get_num_threads()
         return state
 
@@ -170,8 +171,8 @@ def stop_group(process: subprocess.Popen) -> None:
 
 def verify(directory) -> subprocess.CompletedProcess:
     """`abgraph verify DIR`, as a user runs it."""
-    return subprocess.run([sys.executable, "-m", "abgraph.cli", "verify", str(directory)],
-                          capture_output=True, text=True, timeout=TIMEOUT)
+    return subprocess.run(cli_command("verify", directory), capture_output=True, text=True,
+                          timeout=TIMEOUT)
 
 
 def index_rows(directory, query="SELECT id, status, payload, error, environment FROM nodes"):
@@ -251,8 +252,7 @@ def test_default_run_uses_worker_processes_for_main_classes(tmp_path):
     assert result["executor"] == "ProcessExecutor"
     assert result["ok"] and len(result["executed"]) == 3, result["text"]
 
-    import abgraph
-    graph = abgraph.Experiment.restore(tmp_path / "exp").graph
+    graph = Experiment.restore(tmp_path / "exp").graph
     assert len(graph) == 3
     for node in graph.nodes:
         assert node.status == "done"
@@ -264,10 +264,11 @@ def test_default_run_uses_worker_processes_for_main_classes(tmp_path):
 
 
 def test_serial_and_process_give_same_ids_and_payload_digests(tmp_path):
-    # The driver is pinned to one torch thread like each worker on this machine
-    # (threads_per_worker on 2 cores with 2 workers), so both compute the same floats.
+    # The driver uses as many torch threads as each worker, so both compute the same floats.
     script = write_script(tmp_path, '''
-        torch.set_num_threads(1)
+        executor = ab.ProcessExecutor(workers=2)
+        torch.set_num_threads(executor.threads)
+
         def build(directory):
             exp = ab.Experiment(directory, state_class=State)
             for seed in (0, 1):
@@ -277,7 +278,7 @@ def test_serial_and_process_give_same_ids_and_payload_digests(tmp_path):
                 mean_output(Train(lr=0.3, steps=3)(root))
             return exp
         serial = build(os.path.join(sys.argv[1], "serial")).run(ab.SerialExecutor())
-        process = build(os.path.join(sys.argv[1], "process")).run(ab.ProcessExecutor(workers=2))
+        process = build(os.path.join(sys.argv[1], "process")).run(executor)
         finish(process, serial_executed=serial.executed)
     ''')
     result, _ = run_script(tmp_path, script, tmp_path)
@@ -324,7 +325,7 @@ FAILURES_SCRIPT = '''
 def test_recipe_error_and_dying_workers_fail_only_their_branch(tmp_path):
     script = write_script(tmp_path, FAILURES_SCRIPT)
     directory = tmp_path / "exp"
-    result, done = run_script(tmp_path, script, directory)
+    result, _ = run_script(tmp_path, script, directory)
     ids = result["ids"]
     stored = records(directory)
 
@@ -455,7 +456,7 @@ def test_ctrl_c_stops_recipes_reports_and_rerun_finishes(tmp_path):
         took = time.monotonic() - interrupted_at
     finally:
         stop_group(driver)
-    assert took < 5, f"the run took {took:.1f}s to stop after Ctrl-C"
+    assert took < 8, f"the run took {took:.1f}s to stop after Ctrl-C"
     assert driver.returncode == 0, stdout + stderr
     result = parse_result(stdout)
     assert result["interrupted"] and "interrupted" in result["text"]
@@ -537,9 +538,6 @@ def test_assign_devices_to_workers():
         ProcessExecutor(workers=0)
 
 
-@pytest.mark.xfail(strict=True, reason="BUG: assign_devices accepts any string starting with "
-                                       "'cuda'/'mps'/'xpu' ('cuda0', 'cuda:x'); it fails later in "
-                                       "the worker instead of up front")
 @pytest.mark.parametrize("bad", ["cuda0", "cuda:x", "mpsfoo"])
 def test_assign_devices_rejects_malformed_gpu_strings(bad):
     with pytest.raises(ValueError):
@@ -565,19 +563,34 @@ def test_default_devices_and_threads_per_worker(monkeypatch):
 
 @pytest.fixture(scope="module")
 def chain_run(tmp_path_factory):
-    """A 20-step chain under ProcessExecutor(devices=["cpu", "cpu"])."""
+    """A 20-step chain under ProcessExecutor(devices=["cpu", "cpu"]), then one node
+    whose recipe calls a function of the user's own module beside the script
+    (a module holding a lock: it must travel by reference, not by value)."""
     tmp_path = tmp_path_factory.mktemp("chain")
+    (tmp_path / "helpers.py").write_text("import threading\nLOCK = threading.Lock()\n\n"
+                                         "def scale(k):\n    with LOCK:\n        return 2 * k\n")
     script = write_script(tmp_path, '''
+        import helpers
+
+        class UseHelper(ab.Recipe):
+            PROPERTIES = ["k"]
+
+            def run(self, state):
+                state.metrics["scaled"] = helpers.scale(self.k)
+                state.metrics["device"] = str(ab.current_device())
+                return state
+
         exp = ab.Experiment(sys.argv[1], state_class=State)
         state = exp.spawn_new_tree(seed=0)
         chain = [state.id]
         for step in range(20):
             state = Train(lr=0.01 * (step + 1), steps=1)(state)
             chain.append(state.id)
+        helped = UseHelper(k=21)(state)
         executor = ab.ProcessExecutor(devices=["cpu", "cpu"])
         report = exp.run(executor)
-        finish(report, chain=chain, payload_loads=executor.payload_loads, threads=executor.threads,
-               devices=executor.devices)
+        finish(report, chain=chain, helped=helped.id, payload_loads=executor.payload_loads,
+               threads=executor.threads, devices=executor.devices)
     ''')
     result, _ = run_script(tmp_path, script, tmp_path / "exp")
     return tmp_path / "exp", result
@@ -587,51 +600,29 @@ def test_recipes_learn_their_device(chain_run):
     directory, result = chain_run
     assert result["ok"], result["text"]
     assert result["devices"] == ["cpu", "cpu"]
-    metrics = dict(index_rows(directory, "SELECT id, metrics FROM nodes"))
+    metrics = {i: json.loads(m) for i, m in index_rows(directory, "SELECT id, metrics FROM nodes")}
     for node_id in result["chain"][1:]:
-        assert json.loads(metrics[node_id])["device"] == "cpu"
+        assert metrics[node_id]["device"] == "cpu"  # str(abgraph.current_device()) in the recipe
         # torch threads were set per worker so the workers do not oversubscribe the cores
-        assert json.loads(metrics[node_id])["threads"] == result["threads"]
+        assert metrics[node_id]["threads"] == result["threads"]
     assert all(r["environment"]["device"] == "cpu" for r in records(directory).values())
 
 
-@pytest.mark.xfail(strict=True, reason=(
-    "BUG: ProcessExecutor sends tasks with dill.dumps(recurse=True), which pickles by value every "
-    "module a __main__ recipe reaches as `module.attr` unless it lies under sys.prefix/site-packages: "
-    "`abgraph.current_device()` under an editable install, or any local helper module holding a lock, "
-    "fails with 'cannot pickle ... object' before the node runs"))
-def test_recipe_may_call_module_attributes(tmp_path):
-    (tmp_path / "helpers.py").write_text("import threading\nLOCK = threading.Lock()\n"
-                                         "def scale(k):\n    return 2 * k\n")
-    script = write_script(tmp_path, '''
-        import abgraph, helpers
-
-        class Record(ab.Recipe):
-            PROPERTIES = ["k"]
-
-            def run(self, state):
-                state.metrics["device"] = str(abgraph.current_device())
-                state.metrics["scaled"] = helpers.scale(self.k)
-                return state
-
-        exp = ab.Experiment(sys.argv[1], state_class=State)
-        node = Record(k=1)(exp.spawn_new_tree(seed=0))
-        finish(exp.run(ab.ProcessExecutor(workers=1)), node=node.id)
-    ''')
-    result, _ = run_script(tmp_path, script, tmp_path / "exp")
-    assert result["ok"], result["text"]
-    metrics = dict(index_rows(tmp_path / "exp", "SELECT id, metrics FROM nodes"))
-    assert json.loads(metrics[result["node"]]) == {"device": "cpu", "scaled": 2}
+def test_recipe_may_use_the_users_own_module(chain_run):
+    directory, result = chain_run
+    metrics = {i: json.loads(m) for i, m in index_rows(directory, "SELECT id, metrics FROM nodes")}
+    assert metrics[result["helped"]] == {"scaled": 42, "device": "cpu"}
 
 
 def test_chain_loads_parent_payload_from_disk_at_most_once(chain_run):
     directory, result = chain_run
     assert hasattr(ProcessExecutor(workers=1), "payload_loads")
-    assert sorted(result["executed"]) == sorted(result["chain"])
+    assert sorted(result["executed"]) == sorted(result["chain"] + [result["helped"]])
     assert result["payload_loads"] <= 1, f"{result['payload_loads']} payload loads for a 20-step chain"
-    # the chain stayed on one worker, in memory
-    pids = {records(directory)[n]["environment"]["pid"] for n in result["chain"]}
-    assert len(pids) <= 2
+    # the chain stayed in one worker's memory (a second worker only after a load)
+    stored = records(directory)
+    pids = {stored[n]["environment"]["pid"] for n in result["chain"]}
+    assert len(pids) <= 1 + result["payload_loads"]
 
 
 def test_serial_executor_is_still_available():

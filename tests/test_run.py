@@ -1,12 +1,14 @@
 """Issue 3, items 2 and 5: building the graph and running it."""
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import pytest
 import torch
 
 import abgraph
 from abgraph.store.maintenance import collect_garbage, verify
-from conftest import BASE_NODES, run_script, write_script
+from conftest import BASE_NODES, copy_experiment, finish_script, start_script, write_script
 
 FAILING = {"Boom": True}
 
@@ -71,14 +73,6 @@ def graph_of(directory, state_class=None):
 
 # -- re-running scripts (real subprocesses) ----------------------------------------
 
-def test_rerunning_a_finished_script_executes_nothing(study_run, study_copy):
-    result = run_script(study_run.script, study_copy)
-    assert result["ids"] == study_run.ids
-    assert result["executed"] == [] and result["failed"] == [] and result["blocked"] == []
-    assert sorted(result["cached"]) == sorted(study_run.ids.values())
-    assert result["calls"] == {}  # no recipe, no probe ran
-
-
 NEW_BRANCH = r'''
 def extend(exp, nodes):
     with exp.tag("lr:0.2"):
@@ -89,13 +83,33 @@ def extend(exp, nodes):
 '''
 
 
-def test_adding_a_branch_executes_only_that_branch(study_run, study_copy, tmp_path):
-    result = run_script(write_script(tmp_path, NEW_BRANCH), study_copy)
+@pytest.fixture(scope="module")
+def reruns(study_run, tmp_path_factory):
+    """On two copies of the finished study, side by side: the same script again, and
+    the script with one more branch."""
+    base = tmp_path_factory.mktemp("reruns")
+    same, extended = (copy_experiment(study_run.directory, base / name) for name in ("same", "extended"))
+    started = [start_script(study_run.script, same),
+               start_script(write_script(base, NEW_BRANCH), extended)]
+    same_result, extended_result = (finish_script(p) for p in started)
+    return SimpleNamespace(same=same_result, extended=extended_result, extended_dir=extended)
+
+
+def test_rerunning_a_finished_script_executes_nothing(study_run, reruns):
+    result = reruns.same
+    assert result["ids"] == study_run.ids
+    assert result["executed"] == [] and result["failed"] == [] and result["blocked"] == []
+    assert sorted(result["cached"]) == sorted(study_run.ids.values())
+    assert result["calls"] == {}  # no recipe, no probe ran
+
+
+def test_adding_a_branch_executes_only_that_branch(study_run, reruns):
+    result = reruns.extended
     assert {k: result["ids"][k] for k in BASE_NODES} == study_run.ids
     assert result["executed"] == [result["ids"]["train:0.2"], result["ids"]["prune:0.2"]]
     assert sorted(result["cached"]) == sorted(study_run.ids.values())
     assert result["calls"] == {"Train": 1, "Prune": 1, "accuracy": 1}
-    graph = graph_of(study_copy)
+    graph = graph_of(reruns.extended_dir)
     assert len(graph) == 7
     new = graph.node(result["ids"]["prune:0.2"])
     assert new.parent.id == result["ids"]["train:0.2"] and new.parent.parent.id == study_run.ids["root"]
@@ -226,10 +240,23 @@ def test_a_new_probe_on_a_stored_node_runs_only_the_probe(study, tmp_path):
     report = exp.run(executor=serial())
     assert report.executed == [nodes["train:0.5"].id]
     assert len(report.cached) == 4
-    assert dict(study.CALLS) == before  # neither Train nor the accuracy probe ran again
+    assert study.CALLS["Train"] == before["Train"] and study.CALLS["Prune"] == before["Prune"]
     node = graph_of(tmp_path).node(nodes["train:0.5"].id)
     assert set(node.results) == {"accuracy", "loss_probe"}
     assert node.results["loss_probe"]["loss"] > 0
+
+
+@pytest.mark.xfail(reason="BUG: a probe-only task carries every probe of the node (Experiment.run passes "
+                          "node.probes, not the missing ones scheduler.plan found), so adding one probe "
+                          "re-runs the node's stored, up-to-date probes too", strict=True)
+def test_a_new_probe_does_not_rerun_the_stored_probes(study, tmp_path):
+    exp, nodes = study.build(tmp_path)
+    exp.run(executor=serial())
+    before = study.CALLS["accuracy"]
+    exp, nodes = study.build(tmp_path)
+    loss_probe(nodes["train:0.5"])
+    exp.run(executor=serial())
+    assert study.CALLS["accuracy"] == before
 
 
 @pytest.mark.xfail(reason="BUG: a probe-only task writes a record without the node's metrics and blob "

@@ -87,7 +87,8 @@ class Trial:
 
     @classmethod
     def feature(cls, *names) -> "Trial":
-        return cls(" + ".join(f"feature {n}" for n in names), "feature", names)
+        """Features removed together; a tuple among them is a feature group."""
+        return cls(" + ".join(_feature_label(n) for n in names), "feature", names)
 
     @classmethod
     def layer(cls, target) -> "Trial":
@@ -125,6 +126,10 @@ class Trial:
                 **({"custom_model": self.model} if self.kind == "model" else {})}
 
 
+def _feature_label(name) -> str:
+    return f"features {list(name)}" if isinstance(name, tuple) else f"feature {name}"
+
+
 def _layer_label(target) -> str:
     if isinstance(target, Prefix):
         return f"layers prefixed {target.prefix}"
@@ -134,14 +139,16 @@ def _layer_label(target) -> str:
 def _listed(items):
     if not items:
         return "None"
-    shown = [f"prefix {i.prefix}" if isinstance(i, Prefix) else i for i in items]
+    shown = [f"prefix {i.prefix}" if isinstance(i, Prefix) else list(i) if isinstance(i, tuple) else i
+             for i in items]
     return str(shown[0]) if len(shown) == 1 else str(shown)
 
 
 class Ablator:
     """Decides the trials of a study. Implement `trials(study) -> list[Trial]`.
 
-    `study.features.included`, `study.model.layers.included` (single layers),
+    `study.features.included` (names; a tuple is a feature group removed
+    together), `study.model.layers.included` (single layers),
     `study.model.layers.groups` (tuples of targets removed together; a prefix
     group is `(Prefix(...),)`) and `study.model.custom_models` (name ->
     generator) are what the user included.

@@ -215,9 +215,9 @@ class PandasDataset(FeatureDataset):
         if not (pandas.api.types.is_numeric_dtype(target) or pandas.api.types.is_bool_dtype(target)):
             raise TypeError(f"PandasDataset: the label column {label!r} is not numeric; encode it "
                             "first (e.g. df[label].astype('category').cat.codes)")
-        data = torch.as_tensor(df[features].to_numpy(dtype=np.float32, na_value=np.nan))
+        data = torch.tensor(df[features].to_numpy(dtype=np.float32, na_value=np.nan))
         integral = pandas.api.types.is_integer_dtype(target) or pandas.api.types.is_bool_dtype(target)
-        labels = torch.as_tensor(target.to_numpy(dtype=np.int64 if integral else np.float32))
+        labels = torch.tensor(target.to_numpy(dtype=np.int64 if integral else np.float32))
         self._set(features, label, data.reshape(len(df), len(features)), labels, label_first)
 
     def _set(self, columns, label, data, labels, label_first):

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+import textwrap
 
 import pandas as pd
 
@@ -183,16 +184,25 @@ class StudyResult:
         from matplotlib.figure import Figure
 
         table = self._table[(self._table.trial != self.base_name) & (self._table.n > 0)]
-        table = table.sort_values("diff", ascending=True, kind="stable")
+        # the removal that hurts most on top
+        table = table.sort_values("diff", ascending=self.direction == "min", kind="stable")
         missing = self._table[(self._table.trial != self.base_name) & (self._table.n == 0)]
-        height = 1.2 + 0.38 * max(len(table), 1) + (0.25 if len(missing) else 0)
+        notes = [f"{'higher' if self.direction == 'max' else 'lower'} is better; green: better "
+                 "without it, red: worse; filled: Holm p < 0.05"]
+        if len(missing):
+            notes += textwrap.wrap("no result (failed): " + ", ".join(missing.trial), 110)
+        height = 1.3 + 0.38 * max(len(table), 1) + 0.14 * len(notes)
         figure = Figure(figsize=(6.4, height), layout="constrained")
         axes = figure.subplots()
         positions = list(range(len(table)))
         for y, row in zip(positions, table.itertuples()):
             significant = row.p_holm < 0.05 if not math.isnan(row.p_holm) else False
-            helps = (row.diff > 0) == (self.direction == "max")
-            color = "#2b8a3e" if helps else "#c92a2a"
+            if row.diff == 0 or math.isnan(row.diff):
+                color = "0.45"
+            elif (row.diff > 0) == (self.direction == "max"):
+                color = "#2b8a3e"
+            else:
+                color = "#c92a2a"
             if not math.isnan(row.diff_ci_low):
                 axes.plot([row.diff_ci_low, row.diff_ci_high], [y, y], color=color, linewidth=1.6,
                           solid_capstyle="butt")
@@ -214,11 +224,7 @@ class StudyResult:
         axes.set_axisbelow(True)
         for side in ("top", "right"):
             axes.spines[side].set_visible(False)
-        notes = ["filled: Holm p < 0.05", f"{'higher' if self.direction == 'max' else 'lower'} is better"]
-        if len(missing):
-            notes.append("no result: " + ", ".join(missing.trial))
-        figure.text(0.01, 0.005, "; ".join(notes), fontsize=7, color="0.3", ha="left", va="bottom")
-        figure.get_layout_engine().set(h_pad=0.25)
+        figure.supxlabel("\n".join(notes), x=0.01, ha="left", fontsize=7, color="0.3")
         if filename is not None:
             figure.savefig(filename, dpi=150)
         return figure

@@ -14,6 +14,7 @@ The graph it builds, in `directory`:
       └─ StudyData (puts the datasets into the state)
            └─ AblationTrial(trial, kind, components, seed, model_generator, train_fn)
               one node per trial x seed, the base trial included
+              [└─ train recipes └─ evaluate recipe, with run(train=..., evaluate=...)]
 
 Each trial node makes its own data and model (features removed, model made by
 its generator, input layer fitted, layers removed), seeds everything, calls the
@@ -30,6 +31,7 @@ training function re-runs the study; editing a comment in it does not).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import inspect
 import json
@@ -43,6 +45,7 @@ import numpy as np
 import torch
 
 from abgraph import identity
+from abgraph.device import current_device
 from abgraph.ablation import surgery
 from abgraph.ablation.ablators import LOCO, LeaveKOut, Trial, get_ablator
 from abgraph.ablation.datasets import PandasDataset, ablate, example_input, fingerprint, is_dataset
@@ -113,10 +116,11 @@ class AblationTrial(Recipe):
 
     def run(self, state):
         trial = Trial(self.trial, self.kind, self.components)
-        seed_everything(self.seed)
         role = "custom model generator" if trial.kind == "model" else "base model generator"
-        train, evaluation, model = build_trial(trial, state.train_data, self.model_generator,
-                                               self.with_activation, eval_data=state.eval_data, role=role)
+        with seeded(self.seed):
+            train, evaluation, model = build_trial(trial, state.train_data, self.model_generator,
+                                                   self.with_activation, eval_data=state.eval_data,
+                                                   role=role)
         state.train_data, state.eval_data, state.model = train, evaluation, model
         if self.train_fn is None:
             return state
@@ -133,20 +137,40 @@ class AblationTrial(Recipe):
         arguments = {}
         if "eval_dataset_function" in _parameters(self.train_fn):
             arguments["eval_dataset_function"] = lambda: evaluation
-        seed_everything(self.seed)   # the same data order in every trial of a seed
-        value = self.train_fn(dataset_function, model_function, **arguments)
+        with seeded(self.seed):   # re-seeded: the same data order in every trial of a seed
+            value = self.train_fn(dataset_function, model_function, **arguments)
         state.metrics.update(_metrics(value, _name(self.train_fn)))
         if handed:
             state.model = handed[-1]   # what the user trained
         return state
 
 
-def seed_everything(seed) -> None:
-    """Seed Python, NumPy and torch (every device)."""
+def _with_seed(recipe, seed):
+    """`recipe` with `seed` as its seed property, where it has one (a copy)."""
+    if "seed" not in getattr(recipe, "PROPERTIES", ()):
+        return recipe
+    seeded = copy.copy(recipe)
+    seeded.seed = seed
+    return seeded
+
+
+@contextlib.contextmanager
+def seeded(seed):
+    """Python, NumPy and torch (CPU and the current CUDA device) seeded with `seed`
+    inside the block; the caller's random state is back afterwards (on a
+    `SerialExecutor` trials run in the user's process)."""
     value = seed if isinstance(seed, int) else int(identity.digest(identity.canonical(seed))[:8], 16)
-    random.seed(value)
-    np.random.seed(value % 2**32)
-    torch.manual_seed(value)
+    device = current_device()
+    python_state, numpy_state = random.getstate(), np.random.get_state()
+    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
+        random.seed(value)
+        np.random.seed(value % 2**32)
+        torch.manual_seed(value)
+        try:
+            yield
+        finally:
+            random.setstate(python_state)
+            np.random.set_state(numpy_state)
 
 
 def _metrics(value, name) -> dict:
@@ -244,23 +268,36 @@ class Features:
     def include(self, *names) -> None:
         """Include features by name, separately or as lists: `include("fare", "sibsp")`,
         `include(["pclass"])`. An unknown name is refused, listing the valid ones."""
-        data = self._study.dataset
         for name in _flatten(names):
-            if data is None:
-                raise AblationError(f"cannot include feature {name!r}: the study has no dataset")
-            if not callable(getattr(data, "ablate_feature", None)):
-                raise AblationError(f"cannot include feature {name!r}: {type(data).__name__} has no "
-                                    "ablate_feature(name); use PandasDataset, ChannelDataset or "
-                                    "TokenDataset, or subclass abgraph.ablation.FeatureDataset")
-            check = getattr(data, "check_feature", None)
-            if callable(check):
-                check(name)
-            if name not in self.included:
-                self.included.append(name)
+            self._add(name)
+
+    def include_groups(self, *groups) -> None:
+        """Include groups of features, each removed together in one trial, e.g. the
+        one-hot columns of one variable: `include_groups(["sex_f", "sex_m"])`, or
+        the words of one idea: `include_groups(["good", "great"])`."""
+        for group in groups:
+            if not isinstance(group, (list, tuple)) or not group:
+                raise AblationError(f"a feature group is a non-empty list of features, not {group!r}; "
+                                    "use features.include() for single features")
+            self._add(tuple(group))
+
+    def _add(self, name) -> None:
+        data = self._study.dataset
+        if data is None:
+            raise AblationError(f"cannot include feature {name!r}: the study has no dataset")
+        if not callable(getattr(data, "ablate_feature", None)):
+            raise AblationError(f"cannot include feature {name!r}: {type(data).__name__} has no "
+                                "ablate_feature(name); use PandasDataset, ChannelDataset or "
+                                "TokenDataset, or subclass abgraph.ablation.FeatureDataset")
+        check = getattr(data, "check_feature", None)
+        if callable(check):
+            check(name)
+        if name not in self.included:
+            self.included.append(name)
 
     def exclude(self, *names) -> None:
-        """Take features out of the study again."""
-        for name in _flatten(names):
+        """Take features (or a group, given as a tuple) out of the study again."""
+        for name in names:
             if name not in self.included:
                 raise AblationError(f"feature {name!r} is not included; included: {self.included}")
             self.included.remove(name)
@@ -269,7 +306,7 @@ class Features:
         """Print the included features."""
         print("Included features are:" if self.included else "No feature is included.")
         for name in self.included:
-            print(f"--- {name}")
+            print(f"--- Feature group {list(name)}" if isinstance(name, tuple) else f"--- {name}")
         names = getattr(self._study.dataset, "feature_names", None)
         if names is not None:
             shown = list(names)
@@ -425,11 +462,16 @@ class AblationStudy:
 
     # -- running ---------------------------------------------------------------------
     def run(self, train_fn=None, ablator="loco", direction="max", seeds=(0, 1, 2), executor=None,
-            with_activation: bool = False, progress=None, confidence: float = 0.95) -> StudyResult:
+            with_activation: bool = False, progress=None, confidence: float = 0.95,
+            train=None, evaluate=None, metric=None) -> StudyResult:
         """Run every trial x seed not stored yet; return the `StudyResult`.
 
         train_fn: Maggy's `training_fn(dataset_function, model_function)` returning
             the metric (a number, or a dict with the metric under "metric").
+            Instead of it: `train` (a recipe such as `Train(...)`, or a list of
+            recipes applied in order), `evaluate` (e.g. `Evaluate(...)`) and
+            `metric`, the name of the metric they record (e.g. "accuracy").
+            A recipe with a `seed` property is given each run's seed.
         ablator: "loco", "leave_k_out", or an `Ablator` (e.g. `LeaveKOut(3)`).
         direction: "max" or "min" (which metric is better).
         seeds: one run of every trial per seed; three give a confidence interval.
@@ -439,10 +481,7 @@ class AblationStudy:
         """
         direction = _direction(direction)
         seeds = _seeds(seeds)
-        if train_fn is None:
-            raise TypeError("run() needs train_fn=training_fn(dataset_function, model_function)")
-        _named_function(train_fn, "train_fn")
-        _check_signature(train_fn)
+        steps, metric = self._training(train_fn, train, evaluate, metric)
         ablator = get_ablator(ablator)
         trials = self.trials(ablator)
         self._check(trials, with_activation)
@@ -457,9 +496,12 @@ class AblationStudy:
             for seed in seeds:
                 with experiment.tag(f"trial:{trial.name}", f"kind:{trial.kind}", f"seed:{seed}"):
                     promise = AblationTrial(trial, seed, generator, train_fn, with_activation)(data)
+                    for step in steps:
+                        promise = _with_seed(step, seed)(promise)
                 nodes.setdefault(trial.name, {})[seed] = promise.id
-        record = {"format": 1, "ablator": ablator.label, "direction": direction, "metric": METRIC,
-                  "confidence": confidence, "seeds": seeds, "train_fn": _name(train_fn),
+        record = {"format": 1, "ablator": ablator.label, "direction": direction, "metric": metric,
+                  "confidence": confidence, "seeds": seeds,
+                  "training": _name(train_fn) if train_fn is not None else [repr(s) for s in steps],
                   "trials": [_trial_record(t) for t in trials],
                   "nodes": {name: [[seed, node] for seed, node in by_seed.items()]
                             for name, by_seed in nodes.items()}}
@@ -468,10 +510,45 @@ class AblationStudy:
         report = experiment.run(executor=executor, progress=progress)
         record.update(elapsed=time.perf_counter() - started, finished=time.time(),
                       counts={"executed": len(report.executed), "cached": len(report.cached),
-                              "failed": len(report.failed)})
+                              "failed": len(report.failed), "blocked": len(report.blocked)})
         _write_record(self.directory, record)
         self.experiment, self.report = experiment, report
         return _result(record, experiment.graph, self.directory)
+
+    def _training(self, train_fn, train, evaluate, metric):
+        """Check the two ways to train: Maggy's train_fn, or recipes and a metric name."""
+        if train_fn is not None:
+            if train is not None or evaluate is not None:
+                raise TypeError("give either train_fn (Maggy's training function) or "
+                                "train=/evaluate= recipes, not both")
+            if metric not in (None, METRIC):
+                raise TypeError(f"with train_fn the metric is what it returns; metric={metric!r} "
+                                "applies to train=/evaluate= recipes")
+            _named_function(train_fn, "train_fn")
+            _check_signature(train_fn)
+            return [], METRIC
+        if train is None and evaluate is None:
+            raise TypeError("run() needs train_fn=training_fn (Maggy's training function, taking "
+                            "(dataset_function, model_function) and returning the metric), or "
+                            "train=Train(...), evaluate=Evaluate(...), metric='accuracy'")
+        steps = [] if train is None else list(train) if isinstance(train, (list, tuple)) else [train]
+        steps += [] if evaluate is None else [evaluate]
+        for step in steps:
+            if not isinstance(step, Recipe):
+                raise TypeError(f"train and evaluate take recipes (e.g. Train(...), Evaluate(...)), "
+                                f"not {type(step).__name__}")
+        if not isinstance(metric, str) or not metric:
+            raise TypeError("with train=/evaluate= recipes, name the metric to compare trials on: "
+                            "metric='accuracy' (one that the recipes write to state.metrics)")
+        written = getattr(evaluate, "metrics", None)
+        if isinstance(written, (list, tuple)) and metric not in written and evaluate is steps[-1]:
+            raise AblationError(f"metric {metric!r} is not one that {evaluate!r} records; it "
+                                f"records {list(written)}")
+        data_name = getattr(evaluate, "data", None)
+        if data_name == "eval_data" and self.eval_dataset is None:
+            raise AblationError(f"{evaluate!r} measures eval_data, but the study has no eval_dataset: "
+                                "give AblationStudy(..., eval_dataset=...) or Evaluate(data='train_data')")
+        return steps, metric
 
     def trials(self, ablator="loco") -> list:
         """The trials `run` would run with `ablator`, the base first."""

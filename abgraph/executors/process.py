@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import re
 import pickle
 import signal
 import socket
@@ -17,6 +18,9 @@ from .base import Executor, Worker
 from .task import record_for
 
 
+_DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps|xpu(:\d+)?")
+
+
 def default_devices(workers=None) -> list:
     """One worker per visible GPU, else `workers` (default: every core) CPU slots."""
     import torch
@@ -30,7 +34,7 @@ def assign_devices(workers, devices) -> list:
     if devices is not None:
         devices = [str(d) for d in devices]
         for device in devices:
-            if not (device == "cpu" or device.startswith(("cuda", "mps", "xpu"))):
+            if not _DEVICE.fullmatch(device):
                 raise ValueError(f"device {device!r} is not one of 'cpu', 'cuda:N', 'mps', 'xpu:N'")
         if not devices:
             raise ValueError("devices is empty; give e.g. ['cuda:0', 'cuda:1'] or ['cpu'] * 4")

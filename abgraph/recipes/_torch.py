@@ -10,10 +10,39 @@ import contextlib
 import difflib
 import numbers
 import random
+import weakref
 
 import numpy
 import torch
 from torch.nn.utils import prune as torch_prune
+
+from .. import identity
+from .base import Recipe
+
+
+class BuiltinRecipe(Recipe):
+    """Base of the built-in recipes: each sets its own `VERSION`, so editing
+    unrelated library code keeps users' caches. A user's subclass that sets no
+    `VERSION` of its own is versioned by its own source plus the built-in's
+    `VERSION` (plain inheritance of `VERSION` would let a subclass's edited
+    `run()` reuse stale nodes)."""
+
+    _versions: "weakref.WeakKeyDictionary[type, str]" = weakref.WeakKeyDictionary()
+
+    def code_version(self) -> str:
+        cls = type(self)
+        if cls.__dict__.get("VERSION") is not None:
+            return f"v:{cls.__dict__['VERSION']}"
+        cached = BuiltinRecipe._versions.get(cls)
+        if cached is None:
+            parts = []
+            for klass in cls.__mro__:
+                if klass.__dict__.get("VERSION") is not None:
+                    parts.append(f"v:{klass.__dict__['VERSION']}")
+                    break
+                parts.append(identity.normalized_source(klass))
+            cached = BuiltinRecipe._versions[cls] = "src:" + identity.digest(parts)
+        return cached
 
 # -- validation -------------------------------------------------------------------------
 

@@ -5,7 +5,6 @@ import torch
 
 from ..device import current_device
 from . import _torch
-from .base import Recipe
 from .train import LOSSES, loss_value
 
 METRICS = ("accuracy", "f1", "f1_binary", "precision", "recall", "loss", "sparsity")
@@ -13,7 +12,7 @@ _CLASSIFICATION = ("accuracy", "f1", "f1_binary", "precision", "recall")
 _BATCH_SIZE = 1024
 
 
-class Evaluate(Recipe):
+class Evaluate(_torch.BuiltinRecipe):
     """Measure `state.model` on `state.<data>` and write the results to `state.metrics`.
 
     `metrics` (any of):
@@ -122,9 +121,10 @@ def classification_metrics(outputs, targets, loss_kind, wanted) -> dict:
             truth = targets.reshape(-1).long()
     if len(truth) != len(predicted):
         raise ValueError(f"Evaluate: {len(truth)} targets for {len(predicted)} outputs")
-    if len(truth) and (truth.min() < 0 or truth.max() >= classes):
-        raise ValueError(f"Evaluate: the targets hold class {int(truth.max() if truth.max() >= classes else truth.min())}"
-                         f" but the model gives {classes} classes (0 to {classes - 1})")
+    outside = truth[(truth < 0) | (truth >= classes)]
+    if len(outside):
+        raise ValueError(f"Evaluate: the targets hold class {int(outside[0])} but the model gives {classes} "
+                         f"classes (0 to {classes - 1})")
     confusion = torch.bincount(truth * classes + predicted, minlength=classes * classes)
     confusion = confusion.reshape(classes, classes).double()
     hits = confusion.diagonal()

@@ -14,7 +14,6 @@ import torch
 from torch.nn.utils import prune as torch_prune
 
 from . import _torch
-from .base import Recipe
 
 METHODS = ("l1_unstructured", "random_unstructured", "ln_structured", "random_structured",
            "global_unstructured")
@@ -23,7 +22,7 @@ RANDOM = ("random_unstructured", "random_structured")
 _NORMS = ("fro", "nuc")
 
 
-class Prune(Recipe):
+class Prune(_torch.BuiltinRecipe):
     """Prune `state.model` with `method`:
 
     - "l1_unstructured": the `amount` smallest-magnitude entries of each target;
@@ -123,7 +122,7 @@ class Prune(Recipe):
             raise ValueError(f"Prune: target {label!r} of shape {tuple(tensor.shape)}: {error}") from None
 
 
-class MakePermanent(Recipe):
+class MakePermanent(_torch.BuiltinRecipe):
     """Remove the pruning reparametrization from every pruned tensor of
     `state.model` (`torch.nn.utils.prune.remove`): the zeros stay, the masks,
     `*_orig` parameters and hooks go, so later training can revive pruned weights.

@@ -7,10 +7,9 @@ import torch
 
 from ..state import StatePromise
 from . import _torch
-from .base import Recipe
 
 
-class Reinit(Recipe):
+class Reinit(_torch.BuiltinRecipe):
     """Re-initialise `state.model`'s parameters with torch's own initialisers
     (each module's `reset_parameters()`), seeded with `seed`; pruning masks are kept.
 
@@ -101,7 +100,7 @@ def reset_keeping_masks(module) -> None:
             setattr(module, name, hook.apply_mask(module))
 
 
-class Rewind(Recipe):
+class Rewind(_torch.BuiltinRecipe):
     """Lottery-ticket rewinding: keep the pruning masks of the input state, take
     every weight from the state `to` (usually an ancestor: the initialisation or
     an early-training node) — `Rewind(to=trained_1_epoch)(pruned)`.

@@ -5,14 +5,13 @@ import torch
 
 from ..device import current_device
 from . import _torch
-from .base import Recipe
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 LOSSES = ("cross_entropy", "mse", "bce")
 _NO_MOMENTUM = ("adam", "adamw")
 
 
-class Train(Recipe):
+class Train(_torch.BuiltinRecipe):
     """Train `state.model` on `state.train_data` for `epochs` epochs.
 
     - `optimizer`: "sgd", "adam", "adamw" or "rmsprop", with `lr`, `momentum`
@@ -115,8 +114,10 @@ def loss_value(kind: str, outputs, targets, owner: str, reduction: str = "mean")
     if targets.shape != outputs.shape and targets.numel() == outputs.numel():
         targets = targets.reshape(outputs.shape)
     if targets.shape != outputs.shape:
+        hint = ("; for class indices use loss 'cross_entropy'" if kind == "bce" and not targets.is_floating_point()
+                else "")
         raise ValueError(f"{owner}: loss {kind!r} needs targets shaped like the outputs "
-                         f"{tuple(outputs.shape)}, but they are {tuple(targets.shape)}")
+                         f"{tuple(outputs.shape)}, but they are {tuple(targets.shape)}{hint}")
     targets = targets.to(outputs.dtype)
     if kind == "mse":
         return functional.mse_loss(outputs, targets, reduction=reduction)
