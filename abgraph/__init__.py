@@ -10,9 +10,10 @@ from .device import current_device
 from .executors import Executor, ProcessExecutor, SerialExecutor
 from .experiment import Experiment
 from .graph import ExperimentGraph, NodeSet
-from .recipes import Recipe, function
+from .recipes import Evaluate, MakePermanent, Prune, Recipe, Reinit, Rewind, Train, function
 from .report import RunReport
 from .state import ExperimentState, StatePromise
+from .torch_state import TorchState
 
 
 
@@ -23,5 +24,6 @@ def __getattr__(name):
     raise AttributeError(f"module 'abgraph' has no attribute {name!r}")
 
 
-__all__ = ["RayExecutor", "Experiment", "ExperimentGraph", "ExperimentState", "Executor", "NodeSet", "ProcessExecutor", "Recipe",
+__all__ = ["RayExecutor", "Evaluate", "MakePermanent", "Prune", "Reinit", "Rewind", "Train", "TorchState",
+           "Experiment", "ExperimentGraph", "ExperimentState", "Executor", "NodeSet", "ProcessExecutor", "Recipe",
            "RunReport", "SerialExecutor", "StatePromise", "current_device", "function"]

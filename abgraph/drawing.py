@@ -4,6 +4,8 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
+from .identity import readable
+
 FORMATS = ("pdf", "svg", "png")
 _STATUS_STYLE = {
     "done": {"style": "rounded,filled", "color": "#4d4d4d"},
@@ -20,7 +22,7 @@ def default_label(node, metrics=()) -> str:
     name = record.recipe.rsplit(".", 1)[-1]
     values = record.properties if name == "root" else record.recipe_properties
     lines = [f"<B>{html.escape(name)}</B>"]
-    lines += [html.escape(f"{k}={_short(v)}") for k, v in values.items()]
+    lines += [html.escape(f"{k}={_short(readable(v))}") for k, v in values.items()]
     if record.tags:
         lines.append(f"<I>{html.escape(', '.join(record.tags))}</I>")
     for metric in metrics:
@@ -42,8 +44,6 @@ def _result(record, dotted):
 def _short(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
-    if isinstance(value, dict) and len(value) == 1 and "float" in value:
-        return value["float"]
     text = str(value)
     return text if len(text) <= 24 else text[:21] + "..."
 

@@ -133,10 +133,15 @@ class Experiment:
             return Task(node_id=node_id, kind=state.kinds[node_id], state_class=self.state_class,
                         recipe=node.recipe, recipe_record=node.recipe_record, parents=node.parents,
                         parent_payloads=[payloads.get(p) for p in node.parents],
-                        properties=node.properties, tags=node.tags, probes=list(node.probes.values()),
+                        properties=node.properties, tags=node.tags,
+                        probes=[node.probes[name] for name in state.probes[node_id]],
                         payload=payloads.get(node_id), keep=keep, release=release)
 
         def write(record):
+            if state.kinds.get(record.id) == scheduler.PROBE:  # a stored node gains results
+                if record.status == "done":
+                    self.index.write_results(record)
+                return
             self.index.write(record)
             if record.status == "done":
                 payloads[record.id] = record.payload

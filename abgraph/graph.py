@@ -4,7 +4,7 @@ from __future__ import annotations
 import fnmatch
 from functools import cached_property
 
-from .identity import readable
+from .identity import canonical, readable
 from .state import ExperimentState
 
 
@@ -26,16 +26,19 @@ class NodeSet(list):
             record = node._ab_record
             for name, wanted in conditions.items():
                 if name in record.properties:
-                    value = readable(record.properties[name])
+                    value = record.properties[name]
                 elif name in record.recipe_properties:
-                    value = readable(record.recipe_properties[name])
+                    value = record.recipe_properties[name]
                 elif name == "recipe":
                     value = record.recipe.rsplit(".", 1)[-1]
                 elif name == "status":
                     value = record.status
                 else:
                     return False
-                if not (wanted(value) if callable(wanted) else value == wanted):
+                if callable(wanted):
+                    if not wanted(readable(value)):
+                        return False
+                elif value != _encoded(wanted):
                     return False
             return True
         return NodeSet(n for n in self if matches(n))
@@ -79,6 +82,8 @@ class NodeSet(list):
         """One row per node: id, parents, depth, recipe, its properties, tags, metrics,
         function results flattened as `name.key`, status, duration."""
         import pandas
+        measured = {name for node in self for name in node._ab_record.metrics}
+        measured |= {name.split(".")[0] for node in self for name in node._ab_record.results}
         rows = []
         for node in self:
             record = node._ab_record
@@ -87,7 +92,8 @@ class NodeSet(list):
                    "recipe": record.recipe.rsplit(".", 1)[-1]}
             row.update({k: readable(v) for k, v in record.properties.items()})
             for name, value in record.recipe_properties.items():
-                row[f"recipe.{name}" if name in record.properties else name] = readable(value)
+                clash = name in record.properties or name in measured
+                row[f"recipe.{name}" if clash else name] = readable(value)
             row["tags"] = list(record.tags)
             row.update(record.metrics)
             for name, value in record.results.items():
@@ -119,6 +125,14 @@ class NodeSet(list):
         by = [by] if isinstance(by, str) else list(by)
         summary = self.summarize(metric, by, confidence)
         return plot_summary(summary, metric, by, kind=kind, filename=filename, title=title, ax=ax)
+
+
+def _encoded(value):
+    """Compare as stored: canonical encodings (a set stays a set)."""
+    try:
+        return canonical(value)
+    except TypeError:
+        return value
 
 
 def _lookup(node, name):

@@ -125,16 +125,21 @@ _code_versions: "weakref.WeakKeyDictionary[type, str]" = weakref.WeakKeyDictiona
 
 
 def code_version(cls, stop_at) -> str:
-    """`cls.VERSION` if set, else a hash of the normalized source of `cls` and its
-    bases up to (excluding) `stop_at`: editing `run()` changes it, editing a comment
-    does not."""
-    explicit = cls.__dict__.get("VERSION", getattr(cls, "VERSION", None))
-    if explicit is not None:
-        return f"v:{explicit}"
+    """`cls.VERSION` if the class itself sets one, else a hash of the normalized
+    source of `cls` and its bases up to `stop_at` (a base that sets `VERSION`
+    stands for itself and its own bases): editing `run()` changes it, editing a
+    comment does not, and a subclass never inherits its parent's `VERSION`."""
+    own = cls.__dict__.get("VERSION")
+    if own is not None:
+        return f"v:{own}"
     cached = _code_versions.get(cls)
     if cached is None:
-        parts = [normalized_source(k) for k in cls.__mro__
-                 if k is not object and k not in stop_at.__mro__]
+        parts = []
+        for klass in cls.__mro__:
+            if klass is object or klass in stop_at.__mro__:
+                continue
+            version = klass.__dict__.get("VERSION")
+            parts.append(f"v:{version}" if version is not None else normalized_source(klass))
         cached = _code_versions[cls] = "src:" + digest(parts)
     return cached
 
@@ -155,8 +160,15 @@ def _bytecode_fingerprint(obj) -> str:
     for member in functions:
         code = getattr(getattr(member, "__func__", member), "__code__", None)
         if code is not None:
-            parts.append(f"{code.co_name}:{code.co_code.hex()}:{code.co_consts!r}")
+            parts.append(_code_fingerprint(code))
     return "|".join(sorted(parts))
+
+
+def _code_fingerprint(code) -> str:
+    """Bytecode, names and constants, nested code objects included (their repr
+    holds a memory address, so they are fingerprinted, not repr'd)."""
+    consts = [_code_fingerprint(c) if inspect.iscode(c) else repr(c) for c in code.co_consts]
+    return f"{code.co_name}:{code.co_code.hex()}:{code.co_names}:{consts}"
 
 
 def root_id(state_class, properties: dict, version: str) -> str:

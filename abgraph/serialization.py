@@ -14,7 +14,22 @@ import pickle
 from types import ModuleType
 
 import dill
+import dill.detect
 from dill._dill import MetaCatchingDict, save_module
+
+
+def _sorted_globalvars(find):
+    """dill collects a function's globals through a set, so their order (and the
+    pickle's bytes) would change with PYTHONHASHSEED; sorting makes a payload's
+    digest reproducible across processes."""
+    def globalvars(func, recurse=True, builtin=False):
+        return dict(sorted(find(func, recurse, builtin).items()))
+    globalvars.abgraph_sorted = True
+    return globalvars
+
+
+if not getattr(dill.detect.globalvars, "abgraph_sorted", False):
+    dill.detect.globalvars = _sorted_globalvars(dill.detect.globalvars)
 
 
 def _save_module(pickler, module):

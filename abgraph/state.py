@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import contextlib
 
+from .identity import readable
 from .store import payload as payload_io
 
 
@@ -82,7 +83,7 @@ class ExperimentState:
     def recipe(self):
         """The recipe that made this node: its type name and property values."""
         record = self._record()
-        return RecipeInfo(record.recipe, dict(record.recipe_properties))
+        return RecipeInfo(record.recipe, {k: readable(v) for k, v in record.recipe_properties.items()})
 
     @property
     def parents(self) -> list:

@@ -19,7 +19,6 @@ from types import SimpleNamespace
 
 import pytest
 
-REPO = Path(__file__).resolve().parents[1]
 ABGRAPH_CLI = Path(sys.executable).with_name("abgraph")
 
 # The user's script. `#EXTEND` is where a test adds code (e.g. its own `extend`,

@@ -9,7 +9,6 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
-import textwrap
 from collections import OrderedDict
 
 import pytest
@@ -78,6 +77,62 @@ def picky_training_fn(dataset_function, model_function):
 def constant_training_fn(dataset_function, model_function):
     model_function()
     return 1.0
+
+
+def eval_size_fn(dataset_function, model_function, eval_dataset_function):
+    """A train_fn that asks for the (ablated) evaluation data too."""
+    model_function()
+    return float(len(eval_dataset_function().feature_names) * 1000 + len(dataset_function()))
+
+
+def titanic_model():
+    """The thesis' Listings 3.9 / 4.1."""
+    return nn.Sequential(nn.Linear(6, 64), nn.ReLU(), nn.Linear(64, 64), nn.ReLU(), nn.Linear(64, 32),
+                         nn.ReLU(), nn.Linear(32, 2), nn.ReLU(), nn.Linear(2, 1), nn.Sigmoid())
+
+
+class MaggyDataset(torch.utils.data.Dataset):
+    """A user's dataset written for Maggy (Listing 4.3): ablate_feature edits itself."""
+
+    def __init__(self):
+        self.data = torch.randn(16, 3, generator=torch.Generator().manual_seed(0))
+        self.labels = (self.data[:, 0] > 0).long()
+
+    def __getitem__(self, index):
+        return self.data[index], self.labels[index]
+
+    def __len__(self):
+        return len(self.data)
+
+    def ablate_feature(self, feature):
+        if feature != "ch1":
+            raise RuntimeError("Ablation failed: feature not found")
+        self.data = self.data[:, 1:]
+
+
+class Columns(FeatureDataset):
+    """A user's FeatureDataset: returns a new dataset and names its features."""
+
+    def __init__(self, data, names):
+        self.data, self.names = data, list(names)
+
+    def __getitem__(self, index):
+        return self.data[index], 0
+
+    def __len__(self):
+        return len(self.data)
+
+    @property
+    def feature_names(self):
+        return self.names
+
+    def ablate_feature(self, name):
+        keep = [i for i, n in enumerate(self.names) if n != name]
+        return Columns(self.data[:, keep], [self.names[i] for i in keep])
+
+
+def linear_model():
+    return nn.Sequential(nn.Linear(3, 2))
 
 
 def not_a_model():
@@ -399,12 +454,33 @@ def test_plot_is_saved(loco, tmp_path):
     assert (tmp_path / "loco.pdf").read_bytes()[:4] == b"%PDF"
 
 
+def test_users_own_datasets_take_part(tmp_path):
+    study = AblationStudy(tmp_path / "maggy", dataset=MaggyDataset())
+    study.features.include("ch1", "ch9")              # nothing to check them against yet
+    study.model.set_base_model_generator(linear_model)
+    with pytest.raises(AblationError, match="'feature ch9' cannot be built: RuntimeError: Ablation failed"):
+        study.run(train_fn=constant_training_fn, seeds=[0], executor=abgraph.SerialExecutor())
+    study.features.exclude("ch9")
+    result = study.run(train_fn=constant_training_fn, seeds=[0], executor=abgraph.SerialExecutor())
+    assert result.node("feature ch1", 0).restore().model[0].in_features == 2
+    assert result.node("base", 0).restore().train_data.data.shape == (16, 3)
+
+    columns = AblationStudy(tmp_path / "columns", dataset=Columns(torch.ones(4, 3), "abc"))
+    with pytest.raises(AblationError, match="unknown feature 'd' in Columns; valid features"):
+        columns.features.include("d")
+    columns.features.include("b")
+    columns.model.set_base_model_generator(linear_model)
+    result = columns.run(train_fn=constant_training_fn, seeds=[0], executor=abgraph.SerialExecutor())
+    assert result.node("feature b", 0).restore().train_data.names == ["a", "c"]
+
+
 def test_failing_train_fn_fails_its_trials_and_the_others_finish(tmp_path, df):
     study = make_study(tmp_path / "s", df)
     result = study.run(train_fn=picky_training_fn, seeds=[0, 1], executor=abgraph.SerialExecutor())
     table = result.to_dataframe().set_index("trial")
     assert table.loc["feature mean radius", "failed"] == 2 and table.loc["feature mean radius", "n"] == 0
-    assert table.loc["layer my_dense_two", "failed"] == 2 and table.loc["layers prefixed my_dense", "failed"] == 2
+    assert table.loc["layer my_dense_two", "failed"] == 2
+    assert table.loc["layers prefixed my_dense", "failed"] == 2
     assert table.loc["base", "n"] == 2 and table.loc["base", "mean"] == 30.0
     assert table.loc["feature worst area", "mean"] == 29.0
     assert table.loc["model a custom model", "failed"] == 2     # no my_dense_two there either
@@ -583,3 +659,56 @@ def test_listings_print_what_is_included(tmp_path, df, capsys):
     assert '---- All layers prefixed "my_dense"' in out
     assert "--- Layer group ['my_dense_two', 'my_dense_three']" in out and "--- Layer group [4, 5]" in out
     assert "--- my_dense_two" in out
+
+
+LISTING_4_2 = {
+    "layers [2, 3]": [(0, 6, 64), (2, 64, 32), (4, 32, 2), (6, 2, 1)],
+    "layers [4, 5]": [(0, 6, 64), (2, 64, 64), (4, 64, 2), (6, 2, 1)],
+}
+
+
+def test_maggy_listing_3_10_gives_the_models_of_listing_4_2(tmp_path):
+    import pandas
+    generator = torch.Generator().manual_seed(0)
+    columns = ["pclass", "sex", "age", "sibsp", "parch", "fare"]
+    frame = pandas.DataFrame(torch.randn(32, 6, generator=generator).numpy(), columns=columns)
+    frame["survived"] = (frame.fare > 0).astype(int)
+    study = AblationStudy(tmp_path / "titanic", dataset=frame, label_name="survived")
+    study.model.set_base_model_generator(titanic_model)
+    study.model.layers.include(2, 4)
+    study.model.layers.include_groups([2, 3], [4, 5])
+    study.features.include("Fare")                                  # Maggy matches any case
+    result = study.run(train_fn=constant_training_fn, seeds=[0], executor=abgraph.SerialExecutor(),
+                       direction="min")
+    assert result.to_dataframe().trial.tolist() == ["base", "feature Fare", "layer 2", "layer 4",
+                                                    "layers [2, 3]", "layers [4, 5]"]
+    for trial, linears in LISTING_4_2.items():
+        model = result.node(trial, 0).restore().model
+        assert [(i, m.in_features, m.out_features) for i, m in enumerate(model)
+                if isinstance(m, nn.Linear)] == linears
+        assert len(model) == 8 and isinstance(model[7], nn.Sigmoid)
+    assert result.node("feature Fare", 0).restore().model[0].in_features == 5
+
+
+def test_train_fn_may_ask_for_the_eval_data(tmp_path, df):
+    study = AblationStudy(tmp_path / "s", dataset=df.iloc[:400], eval_dataset=df.iloc[400:],
+                          label_name="target")
+    study.features.include("worst area")
+    study.model.set_base_model_generator(base_model_generator)
+    result = study.run(train_fn=eval_size_fn, seeds=[0], executor=abgraph.SerialExecutor())
+    assert result.to_dataframe()["mean"].tolist() == [30400.0, 29400.0]
+
+
+def test_editing_the_training_function_is_a_new_trial_and_a_comment_is_not():
+    from abgraph.ablation.study import AblationTrial
+
+    def version(fn):
+        return AblationTrial(Trial.base(), 0, base_model_generator, fn).code_version()
+
+    assert version(training_fn) == version(training_fn)
+    assert version(training_fn) != version(constant_training_fn)
+    # the source (AST) counts, not its comments and layout
+    from abgraph import identity
+    first = identity.normalized_source(training_fn)
+    assert first == identity.normalized_source(training_fn)
+    assert "Adam" in first and "#" not in first

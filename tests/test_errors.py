@@ -229,9 +229,6 @@ def test_restoring_a_folder_that_is_not_an_experiment(tmp_path):
     assert not (tmp_path / "does-not-exist").exists()
 
 
-@pytest.mark.xfail(reason="BUG: Index() runs `PRAGMA journal_mode=WAL` before its schema check, so an "
-                          "abgraph.sqlite that is not a database raises sqlite3.DatabaseError ('file is "
-                          "not a database'), not NotAnExperiment", strict=True)
 def test_restoring_a_folder_whose_index_is_not_a_database(tmp_path):
     (tmp_path / "abgraph.sqlite").write_bytes(b"not a database at all " * 10)
     with pytest.raises(NotAnExperiment):

@@ -5,9 +5,6 @@ lived in that script's `__main__`.
 """
 from __future__ import annotations
 
-import itertools
-import os
-
 import networkx
 import pytest
 import torch
@@ -188,10 +185,6 @@ def test_where_by_state_and_recipe_properties(graph, ids):
     assert (nodes.filter("pruned") & nodes.where(lr=0.5)) == []  # lr is the parent's recipe property
 
 
-@pytest.mark.xfail(reason="BUG: NodeSet.where compares the user's value with identity.readable(stored), "
-                          "which turns a set into a tuple: where(layers={'fc1', 'fc2'}) — the very value "
-                          "given to the recipe — matches nothing (comparing canonical encodings would)",
-                   strict=True)
 def test_where_matches_the_value_given_to_the_recipe(graph, ids):
     assert id_set(graph.nodes.where(layers={"fc1", "fc2"})) == expect(ids, "prune:0.05", "prune:0.5")
 
@@ -215,24 +208,7 @@ def test_node_by_id_or_unique_prefix(graph, ids):
     with pytest.raises(KeyError) as caught:
         graph.node("zzzz")
     assert "no node id starts with 'zzzz'" in str(caught.value)
-
-
-def test_an_ambiguous_prefix_is_refused_with_the_candidates(tmp_path):
-    exp = abgraph.Experiment(tmp_path, state_class=Tiny)
-    root = exp.spawn_new_tree(size=2)
-    for k in range(16):  # 17 ids over 16 hex digits: two share a first digit
-        Add(k=k)(root)
-    assert exp.run(executor=abgraph.SerialExecutor()).ok
-    graph = exp.graph
-    pairs = [(a, b) for a, b in itertools.combinations(sorted(n.id for n in graph.nodes), 2)]
-    a, b = max(pairs, key=lambda pair: len(os.path.commonprefix(pair)))
-    prefix = os.path.commonprefix([a, b])
-    assert prefix
-    with pytest.raises(KeyError) as caught:
-        graph.node(prefix)
-    message = str(caught.value)
-    assert "ambiguous" in message and a[:len(prefix) + 1] in message and b[:len(prefix) + 1] in message
-    assert graph.node(a[:len(prefix) + 1]).id == a
+    # an ambiguous prefix: see test_errors.py
 
 
 def test_to_dataframe_one_row_per_node(graph, ids):
@@ -308,16 +284,10 @@ def test_failed_and_blocked_nodes_are_marked(tmp_path):
     assert done.id[:8] in text
 
 
-@pytest.mark.xfail(reason="BUG: drawing.default_label prints encoded recipe properties: a set shows as "
-                          "layers={'set': ['fc1', 'fc2']} in the figure (identity.readable is not applied)",
-                   strict=True)
 def test_labels_show_property_values_as_written(graph, tmp_path):
     text = open(graph.draw(tmp_path / "labels", format="svg")).read()
     assert "&#39;set&#39;" not in text and "'set'" not in text
 
 
-@pytest.mark.xfail(reason="BUG: node.recipe.properties returns the canonical encoding ({'set': [...]}, "
-                          "{'tuple': [...]}), not the values given to the recipe, unlike node.properties",
-                   strict=True)
 def test_recipe_properties_read_back_as_written(graph, ids):
     assert graph.node(ids["prune:0.5"]).recipe.properties["layers"] in ({"fc1", "fc2"}, ("fc1", "fc2"))

@@ -198,9 +198,6 @@ def _compile_without_source(source, name="Step"):
     return namespace[name]
 
 
-@pytest.mark.xfail(reason="BUG: without source (python -c / stdin / exec) identity._bytecode_fingerprint "
-                          "ignores co_names, so code that differs only in the names it uses "
-                          "(fc1 vs fc2) gets the same code version: a stale cache hit", strict=True)
 def test_code_version_without_source_sees_names():
     first = _compile_without_source(
         "import abgraph\nclass Step(abgraph.Recipe):\n    def run(self, state):\n"
@@ -211,9 +208,6 @@ def test_code_version_without_source_sees_names():
     assert identity.code_version(first, abgraph.Recipe) != identity.code_version(second, abgraph.Recipe)
 
 
-@pytest.mark.xfail(reason="BUG: without source, identity._bytecode_fingerprint puts repr(co_consts) in "
-                          "the hash; a nested code object (a comprehension) reprs with its memory address, "
-                          "so the same code gets a new id in every process and is never cached", strict=True)
 def test_code_version_without_source_is_deterministic():
     source = ("import abgraph\nclass Step(abgraph.Recipe):\n    def run(self, state):\n"
               "        state.metrics['n'] = sum([i for i in range(3)])\n        return state\n")

@@ -246,9 +246,6 @@ def test_a_new_probe_on_a_stored_node_runs_only_the_probe(study, tmp_path):
     assert node.results["loss_probe"]["loss"] > 0
 
 
-@pytest.mark.xfail(reason="BUG: a probe-only task carries every probe of the node (Experiment.run passes "
-                          "node.probes, not the missing ones scheduler.plan found), so adding one probe "
-                          "re-runs the node's stored, up-to-date probes too", strict=True)
 def test_a_new_probe_does_not_rerun_the_stored_probes(study, tmp_path):
     exp, nodes = study.build(tmp_path)
     exp.run(executor=serial())
@@ -259,10 +256,6 @@ def test_a_new_probe_does_not_rerun_the_stored_probes(study, tmp_path):
     assert study.CALLS["accuracy"] == before
 
 
-@pytest.mark.xfail(reason="BUG: a probe-only task writes a record without the node's metrics and blob "
-                          "list (task.execute fills them only for COMPUTE), and Index.write replaces the "
-                          "stored ones: adding an @function to a stored node erases its metrics",
-                   strict=True)
 def test_adding_a_probe_keeps_the_node_metrics(study, tmp_path):
     exp, nodes = study.build(tmp_path)
     exp.run(executor=serial())
@@ -275,9 +268,6 @@ def test_adding_a_probe_keeps_the_node_metrics(study, tmp_path):
     assert graph_of(tmp_path).node(node_id).metrics == metrics
 
 
-@pytest.mark.xfail(reason="BUG: after a probe-only run the node's record lists no blobs, so verify calls "
-                          "its tensors orphans and gc deletes them: the node can no longer be restored "
-                          "(data loss)", strict=True)
 def test_gc_after_adding_a_probe_keeps_the_payload(study, tmp_path):
     exp, nodes = study.build(tmp_path)
     exp.run(executor=serial())

@@ -181,7 +181,9 @@ def _closest_first(name, choices) -> list:
 
 def _unknown_feature(kind, name, choices, dataset):
     listed = _closest_first(name, choices)
-    shown = ", ".join(repr(c) for c in listed[:40]) + (f", … ({len(listed)} in all)" if len(listed) > 40 else "")
+    shown = ", ".join(repr(c) for c in listed[:40])
+    if len(listed) > 40:
+        shown += f", … ({len(listed)} in all)"
     return AblationError(f"unknown {kind} {name!r} in {dataset}; valid {kind}s (closest first): {shown}")
 
 

@@ -148,17 +148,17 @@ class StudyResult:
                   "p (Holm)", "failed"]
         body = []
         for row in self._table.itertuples():
+            diff = ("—" if row.trial == self.base_name else
+                    f"{_num(row.diff, signed=True)} {_interval(row.diff_ci_low, row.diff_ci_high, True)}")
             body.append([row.trial, str(row.n), _pm(row.mean, row.std), _interval(row.ci_low, row.ci_high),
-                         "—" if row.trial == self.base_name else
-                         f"{_num(row.diff, signed=True)} {_interval(row.diff_ci_low, row.diff_ci_high, True)}",
-                         _p(row.p_holm), str(row.failed) if row.failed else ""])
+                         diff, _p(row.p_holm), str(row.failed) if row.failed else ""])
         widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
         text = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
                 for r in [header] + body]
         text.insert(1, "-" * len(text[0]))
+        tested = int(self._table.p_value.notna().sum())
         text.append(f"metric: {self.metric!r}, {better} is better; diff = trial − base, Welch "
-                    f"{self.confidence:.0%} CI; p Holm-corrected over {int(self._table.p_value.notna().sum())} "
-                    "trials")
+                    f"{self.confidence:.0%} CI; p Holm-corrected over the {tested} trial(s) with a p-value")
         failed = self.failed
         if len(failed):
             text.append(f"{len(failed)} run(s) failed:")

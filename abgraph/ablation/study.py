@@ -149,9 +149,9 @@ def _with_seed(recipe, seed):
     """`recipe` with `seed` as its seed property, where it has one (a copy)."""
     if "seed" not in getattr(recipe, "PROPERTIES", ()):
         return recipe
-    seeded = copy.copy(recipe)
-    seeded.seed = seed
-    return seeded
+    reseeded = copy.copy(recipe)
+    reseeded.seed = seed
+    return reseeded
 
 
 @contextlib.contextmanager
@@ -159,7 +159,7 @@ def seeded(seed):
     """Python, NumPy and torch (CPU and the current CUDA device) seeded with `seed`
     inside the block; the caller's random state is back afterwards (on a
     `SerialExecutor` trials run in the user's process)."""
-    value = seed if isinstance(seed, int) else int(identity.digest(identity.canonical(seed))[:8], 16)
+    value = int(seed)
     device = current_device()
     python_state, numpy_state = random.getstate(), np.random.get_state()
     with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
@@ -227,8 +227,9 @@ def _check_signature(train_fn) -> None:
         signature = inspect.signature(train_fn)
     except (TypeError, ValueError):
         return
+    extra = {"eval_dataset_function": None} if "eval_dataset_function" in signature.parameters else {}
     try:
-        signature.bind(None, None)
+        signature.bind(None, None, **extra)
     except TypeError:
         raise TypeError(f"train_fn {_name(train_fn)!r}{signature} must take two arguments: "
                         "(dataset_function, model_function)") from None
@@ -458,7 +459,7 @@ class AblationStudy:
         self.eval_dataset = _as_dataset(eval_dataset, label_name, "eval_dataset")
         self.features = Features(self)
         self.model = Model(self)
-        self.experiment = None
+        self.experiment = self.report = None   # the Experiment and RunReport of the last run
 
     # -- running ---------------------------------------------------------------------
     def run(self, train_fn=None, ablator="loco", direction="max", seeds=(0, 1, 2), executor=None,
@@ -609,8 +610,10 @@ class AblationStudy:
                 if trial.layers:
                     surgery.ablate_layers(model, list(trial.layers), example_input=example,
                                           with_activation=with_activation)
-            except AblationError as error:
-                raise AblationError(f"trial {trial.name!r} cannot be built: {error}") from error
+            except Exception as error:   # a user's ablate_feature may raise anything
+                raise AblationError(f"trial {trial.name!r} cannot be built: "
+                                    + (str(error) if isinstance(error, AblationError)
+                                       else f"{type(error).__name__}: {error}")) from error
 
     def _fingerprint(self) -> str:
         content = [None if d is None else fingerprint(d) for d in (self.dataset, self.eval_dataset)]

@@ -15,6 +15,7 @@ AFFINITY_WINDOW = 64  # ready nodes looked at for one held by the worker
 @dataclass
 class SchedulerState:
     kinds: dict                      # node -> COMPUTE | PROBE, for every node to run
+    probes: dict                     # node -> names of the probes to run
     cached: list                     # nodes already stored with all their results
     waiting: dict                    # node -> parents not yet finished
     dependents: dict                 # node -> nodes to run that consume it
@@ -30,25 +31,25 @@ class SchedulerState:
 def plan(nodes, stored_status, stored_results) -> SchedulerState:
     """`nodes`: id -> node with `.parents` and `.probes`, in building (topological) order.
     `stored_status`: id -> status in the index; `stored_results`: id -> {name: version}."""
-    kinds, cached = {}, []
+    kinds, probes, cached = {}, {}, []
     for node_id, node in nodes.items():
         if stored_status.get(node_id) == "done":
             have = stored_results.get(node_id, {})
-            missing = [p for p in node.probes.values() if have.get(p.name) != p.version]
+            missing = [p.name for p in node.probes.values() if have.get(p.name) != p.version]
             if missing:
-                kinds[node_id] = PROBE
+                kinds[node_id], probes[node_id] = PROBE, missing
             else:
                 cached.append(node_id)
         else:
-            kinds[node_id] = COMPUTE
+            kinds[node_id], probes[node_id] = COMPUTE, list(node.probes)
     waiting, dependents, parents = {}, {}, {}
     for node_id, kind in kinds.items():
         parents[node_id] = list(nodes[node_id].parents)
         upstream = set(parents[node_id]) if kind == COMPUTE else set()
-        waiting[node_id] = {p for p in upstream if p in kinds}
+        waiting[node_id] = {p for p in upstream if kinds.get(p) == COMPUTE}
         for parent in upstream:
             dependents.setdefault(parent, []).append(node_id)
-    state = SchedulerState(kinds=kinds, cached=cached, waiting=waiting, dependents=dependents,
+    state = SchedulerState(kinds=kinds, probes=probes, cached=cached, waiting=waiting, dependents=dependents,
                            parents=parents)
     state.undispatched_children = {n: len(c) for n, c in dependents.items()}
     _push(state, [n for n in kinds if not waiting[n]])

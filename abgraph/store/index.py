@@ -83,9 +83,13 @@ class Index:
         self._lock = threading.Lock()
         self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None,
                                   check_same_thread=False)
-        self.db.execute("PRAGMA journal_mode=WAL")
-        self.db.execute("PRAGMA synchronous=NORMAL")
-        self.db.execute("PRAGMA busy_timeout=60000")
+        try:
+            self.db.execute("PRAGMA busy_timeout=60000")
+            self.db.execute("PRAGMA journal_mode=WAL")
+            self.db.execute("PRAGMA synchronous=NORMAL")
+        except sqlite3.DatabaseError as error:
+            self.db.close()
+            raise NotAnExperiment(f"{self.path} is not an abgraph index: {error}") from None
         self._check_schema(create)
 
     def _check_schema(self, create: bool) -> None:
@@ -141,6 +145,22 @@ class Index:
                     "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)",
                     [(record.id, name, record.result_versions.get(name, ""), _dumps(value))
                      for name, value in record.results.items()])
+                self.db.execute("COMMIT")
+            except BaseException:
+                self.db.execute("ROLLBACK")
+                raise
+
+    def write_results(self, record: NodeRecord) -> None:
+        """Add probe results to a stored node, leaving the rest of its record alone."""
+        with self._lock:
+            self.db.execute("BEGIN IMMEDIATE")
+            try:
+                self.db.executemany(
+                    "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)",
+                    [(record.id, name, record.result_versions.get(name, ""), _dumps(value))
+                     for name, value in record.results.items()])
+                self.db.executemany("INSERT OR IGNORE INTO tags VALUES (?, ?)",
+                                    [(record.id, t) for t in record.tags])
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")
