@@ -21,9 +21,12 @@ def __getattr__(name):
     if name == "RayExecutor":  # Ray is an optional extra: import it only when asked for
         from .executors.ray import RayExecutor
         return RayExecutor
+    if name in ("AblationStudy", "AblateLayer", "AblateFeature"):
+        from . import ablation
+        return getattr(ablation, name)
     raise AttributeError(f"module 'abgraph' has no attribute {name!r}")
 
 
-__all__ = ["RayExecutor", "Evaluate", "MakePermanent", "Prune", "Reinit", "Rewind", "Train", "TorchState",
+__all__ = ["AblateFeature", "AblateLayer", "AblationStudy", "RayExecutor", "Evaluate", "MakePermanent", "Prune", "Reinit", "Rewind", "Train", "TorchState",
            "Experiment", "ExperimentGraph", "ExperimentState", "Executor", "NodeSet", "ProcessExecutor", "Recipe",
            "RunReport", "SerialExecutor", "StatePromise", "current_device", "function"]

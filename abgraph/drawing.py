@@ -16,11 +16,33 @@ _STATUS_STYLE = {
 _SCALE = ["#f7fbff", "#deebf7", "#c6dbef", "#9ecae1", "#6baed6", "#4292c6"]
 
 
-def default_label(node, metrics=()) -> str:
-    """Recipe and its properties, tags, chosen metrics, short id (graphviz HTML label)."""
+def distinguishing(graph) -> dict:
+    """recipe type -> the property names worth printing: those that vary among
+    its nodes (constant settings would repeat on every box), or all non-None
+    ones for a recipe used once."""
+    values: dict = {}
+    for node in graph.nodes:
+        record = node._ab_record
+        for key, value in _shown_values(record).items():
+            values.setdefault(record.recipe, {}).setdefault(key, set()).add(repr(value))
+    counts: dict = {}
+    for node in graph.nodes:
+        counts[node._ab_record.recipe] = counts.get(node._ab_record.recipe, 0) + 1
+    return {recipe: {k for k, seen in keys.items() if counts[recipe] == 1 or len(seen) > 1}
+            for recipe, keys in values.items()}
+
+
+def _shown_values(record) -> dict:
+    values = record.properties if record.recipe == "root" else record.recipe_properties
+    return {k: v for k, v in values.items() if v is not None}
+
+
+def default_label(node, metrics=(), shown=None) -> str:
+    """Recipe and its distinguishing properties, tags, chosen metrics, short id
+    (a graphviz HTML label)."""
     record = node._ab_record
     name = record.recipe.rsplit(".", 1)[-1]
-    values = record.properties if name == "root" else record.recipe_properties
+    values = {k: v for k, v in _shown_values(record).items() if shown is None or k in shown}
     lines = [f"<B>{html.escape(name)}</B>"]
     lines += [html.escape(f"{k}={_short(readable(v))}") for k, v in values.items()]
     if record.tags:
@@ -56,12 +78,13 @@ def to_dot(graph, label=None, color_by=None, metrics=None):
                                       "fillcolor": "#ffffff"},
                            edge_attr={"color": "#666666", "arrowsize": "0.6"})
     colors = _colors(graph, color_by) if color_by else {}
+    shown = distinguishing(graph)
     for node in graph.nodes:
         record = node._ab_record
         style = dict(_STATUS_STYLE.get(record.status, {}))
         if node.id in colors and record.status == "done":
             style["fillcolor"] = colors[node.id]
-        text = label(node) if label else default_label(node, metrics)
+        text = label(node) if label else default_label(node, metrics, shown.get(node._ab_record.recipe))
         dot.node(node.id, text, **style)
         for parent in record.parents:
             dot.edge(parent, node.id)

@@ -98,9 +98,10 @@ def main(folder):
                            per_class_table(oneshot.filter("method:l1_unstructured").filter("amount:0.95"),
                                            "l1 0.95 one-shot")])
     per_class.to_csv(folder / "per_class_accuracy.csv", index=False)
-    with pd.option_context("display.precision", 3):
-        print("\nPer-class accuracy (95% CI), dense vs 95% L1-pruned:")
-        print(per_class.pivot(index="class", columns="setting", values="mean").to_string())
+    per_class["accuracy (95% CI)"] = [f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in
+                                      zip(per_class["mean"], per_class["ci_low"], per_class["ci_high"])]
+    print("\nPer-class accuracy over seeds, dense vs 95% L1-pruned (mean [95% CI]):")
+    print(per_class.pivot(index="class", columns="setting", values="accuracy (95% CI)").to_string())
 
     tuned.plot("accuracy", by=["method", "amount"], filename=folder / "accuracy.pdf",
                title="Digits MLP: accuracy after pruning and fine-tuning")

@@ -233,14 +233,17 @@ def study_script(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def study_runs(study_script, tmp_path_factory):
-    """The study script run three times side by side, each into a fresh folder:
-    `main` (hash seed 0), `fresh` (hash seed 0 again), `other_seed` (hash seed 5)."""
-    seeds = {"main": "0", "fresh": "0", "other_seed": "5"}
+    """The study script run four times side by side, each into a fresh folder:
+    `main` (hash seed 0), `fresh` (hash seed 0 again), `other_seed` (hash seed 5),
+    `moved` (hash seed 0, the same script copied to another folder)."""
+    seeds = {"main": "0", "fresh": "0", "other_seed": "5", "moved": "0"}
     directories = {name: tmp_path_factory.mktemp(name) / "experiment" for name in seeds}
-    started = {name: start_script(study_script, directories[name], env={"PYTHONHASHSEED": seed})
+    scripts = dict.fromkeys(seeds, study_script)
+    scripts["moved"] = Path(shutil.copy(study_script, tmp_path_factory.mktemp("moved_script")))
+    started = {name: start_script(scripts[name], directories[name], env={"PYTHONHASHSEED": seed})
                for name, seed in seeds.items()}
     return {name: SimpleNamespace(directory=directories[name], ids=result["ids"], result=result,
-                                  script=study_script)
+                                  script=scripts[name])
             for name, result in ((n, finish_script(p)) for n, p in started.items())}
 
 
@@ -260,6 +263,12 @@ def study_rerun(study_runs):
 def study_fresh(study_runs):
     """The same script run again into a fresh folder with the same hash seed."""
     return study_runs["fresh"]
+
+
+@pytest.fixture(scope="session")
+def study_moved(study_runs):
+    """The same script, copied to another folder, run into a fresh folder."""
+    return study_runs["moved"]
 
 
 @pytest.fixture

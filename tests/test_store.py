@@ -218,6 +218,15 @@ def test_payload_digest_does_not_depend_on_the_hash_seed(study_run, study_rerun)
     assert _payload_digests(study_rerun.directory) == _payload_digests(study_run.directory)
 
 
+@pytest.mark.xfail(reason="BUG: the payload digest depends on where the script lives: dill pickles the "
+                          "script's classes (here MLP) by value, with co_filename in their code objects, so "
+                          "re-running the same script from another folder or checkout never reproduces "
+                          "the digest", strict=True)
+def test_payload_digest_does_not_depend_on_the_script_path(study_run, study_moved):
+    assert study_moved.ids == study_run.ids
+    assert _payload_digests(study_moved.directory) == _payload_digests(study_run.directory)
+
+
 def test_the_tensors_are_reproduced_whatever_the_hash_seed(study_run, study_rerun):
     """What the payload digest should show: the tensors are bit for bit the same."""
     first, second = records_by_id(study_run.directory), records_by_id(study_rerun.directory)
