@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 import difflib
 import fcntl
-import importlib
 import sys
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -137,14 +136,15 @@ class Experiment:
                         probes=[node.probes[name] for name in state.probes[node_id]],
                         payload=payloads.get(node_id), keep=keep, release=release)
 
-        def write(record):
-            if state.kinds.get(record.id) == scheduler.PROBE:  # a stored node gains results
-                if record.status == "done":
-                    self.index.write_results(record)
-                return
-            self.index.write(record)
-            if record.status == "done":
+        def accept(record):
+            if record.status == "done" and record.payload:
                 payloads[record.id] = record.payload
+
+        def write_records(records):
+            probe_only = {r.id for r in records if state.kinds.get(r.id) == scheduler.PROBE}
+            # a failed probe on a stored node leaves the node as it was
+            self.index.write([r for r in records if r.id not in probe_only or r.status == "done"],
+                             results_only=probe_only)
 
         def make_blocked(node_id, failed_id):
             return record_for(make_task(node_id, [], False), status="blocked",
@@ -154,7 +154,7 @@ class Experiment:
         with self._run_lock():
             executor.open(self.objects)
             try:
-                report = driver.drive(state, executor, make_task, write, make_blocked,
+                report = driver.drive(state, executor, make_task, accept, write_records, make_blocked,
                                       progress_line, lambda n: self._nodes[n].recipe_name)
             finally:
                 executor.close()
@@ -191,7 +191,9 @@ class Experiment:
         experiment.directory, experiment.index = directory, index
         experiment.objects = ObjectStore(directory / OBJECTS_NAME)
         experiment._nodes, experiment._tags, experiment._graph = {}, [], None
-        experiment.state_class = state_class or _recorded_state_class(index)
+        # Without a state_class, nodes are generic ExperimentStates: importing the
+        # class the index names would run someone's code just to browse.
+        experiment.state_class = state_class or ExperimentState
         if not slim:
             for node in experiment.graph.nodes:
                 if node.status == "done":
@@ -200,16 +202,3 @@ class Experiment:
 
     def __repr__(self):
         return f"<Experiment {self.directory} ({len(self._nodes)} nodes built)>"
-
-
-def _recorded_state_class(index: Index):
-    """The state class the nodes were made with, where it can be imported without
-    running anyone's script; the generic `ExperimentState` otherwise."""
-    row = index.db.execute("SELECT state_class FROM nodes ORDER BY seq LIMIT 1").fetchone()
-    if row and not row[0].startswith("__main__."):
-        module_name, _, name = row[0].rpartition(".")
-        with contextlib.suppress(Exception):
-            found = getattr(importlib.import_module(module_name), name)
-            if isinstance(found, type) and issubclass(found, ExperimentState):
-                return found
-    return ExperimentState

@@ -11,11 +11,12 @@ from __future__ import annotations
 import importlib
 import io
 import pickle
-from types import ModuleType
+import os
+from types import CodeType, ModuleType
 
 import dill
 import dill.detect
-from dill._dill import MetaCatchingDict, save_module
+from dill._dill import MetaCatchingDict, save_code, save_module
 
 
 def _sorted_globalvars(find):
@@ -38,9 +39,18 @@ def _save_module(pickler, module):
     pickler.save_reduce(importlib.import_module, (module.__name__,), obj=module)
 
 
+def _save_code(pickler, code):
+    """Code pickled by value (the user's script) keeps only its file's name, so the
+    payload digest does not depend on where the checkout lives."""
+    if os.path.isabs(code.co_filename):
+        code = code.replace(co_filename=os.path.basename(code.co_filename))
+    return save_code(pickler, code)
+
+
 class Pickler(dill.Pickler):
     dispatch = MetaCatchingDict(dill.Pickler.dispatch.copy())
     dispatch[ModuleType] = _save_module
+    dispatch[CodeType] = _save_code
 
     def __init__(self, file, **settings):
         settings.setdefault("recurse", True)

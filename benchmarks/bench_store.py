@@ -353,15 +353,15 @@ def write_big_through_index(work: Path, directory: Path, branches, chain):
     template.index.close()
     shutil.copytree(work / "template" / "objects", directory / "objects")  # payloads restore too
     index = Index(directory, create=True)
-    index.write(root)
+    index.write([root])
     for branch in range(branches):
         parent = root.id
         tags = [f"branch:{branch}", "even" if branch % 2 == 0 else "odd"]
         for step in range(chain):
             node_id = hashlib.sha256(f"{branch}/{step}".encode()).hexdigest()[:32]
-            index.write(dataclasses.replace(tick, id=node_id, parents=[parent], tags=tags,
-                                            recipe_properties={"branch": branch, "step": step},
-                                            metrics={"w0": float(step + 1)}))
+            index.write([dataclasses.replace(tick, id=node_id, parents=[parent], tags=tags,
+                                             recipe_properties={"branch": branch, "step": step},
+                                             metrics={"w0": float(step + 1)})])
             parent = node_id
     index.close()
 

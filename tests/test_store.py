@@ -119,9 +119,6 @@ def test_a_failed_write_leaves_no_partial_blob(tmp_path, monkeypatch):
     assert verify(exp.index, exp.objects).clean
 
 
-@pytest.mark.xfail(reason="BUG: payload.dump wraps every exception of the pickler in PayloadError via "
-                          "_name_unpicklable, so a disk error writing a tensor blob reads 'the payload "
-                          "cannot be pickled: [Errno 28] No space left on device'", strict=True)
 def test_a_disk_error_is_not_reported_as_a_pickling_error(tmp_path, monkeypatch):
     def disk_full(source, destination, *args, **kwargs):
         raise OSError(errno.ENOSPC, "No space left on device")
@@ -218,10 +215,6 @@ def test_payload_digest_does_not_depend_on_the_hash_seed(study_run, study_rerun)
     assert _payload_digests(study_rerun.directory) == _payload_digests(study_run.directory)
 
 
-@pytest.mark.xfail(reason="BUG: the payload digest depends on where the script lives: dill pickles the "
-                          "script's classes (here MLP) by value, with co_filename in their code objects, so "
-                          "re-running the same script from another folder or checkout never reproduces "
-                          "the digest", strict=True)
 def test_payload_digest_does_not_depend_on_the_script_path(study_run, study_moved):
     assert study_moved.ids == study_run.ids
     assert _payload_digests(study_moved.directory) == _payload_digests(study_run.directory)

@@ -24,6 +24,8 @@ class Executor:
     `submit(worker, task)`, and waits in `collect()` for finished records.
     """
 
+    collect_blocks = True  # collect() may wait: the run loop stores finished records first
+
     def open(self, objects) -> None:
         """Start workers; `objects` is the experiment's object store."""
 

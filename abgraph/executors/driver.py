@@ -7,25 +7,54 @@ from ..report import RunReport
 from . import scheduler
 
 
-def drive(state, executor, make_task, write_record, make_blocked, progress=None, label=str) -> RunReport:
+class RecordBatch:
+    """Finished records on their way to the index.
+
+    One transaction per node costs more than a cheap node itself, so records
+    are written together: before the loop may wait on workers, once the oldest
+    is `max_age` seconds old, or at once after an expensive node. A crash of
+    this process loses at most `max_age` seconds of cheap work.
+    """
+
+    def __init__(self, write_records, max_age=0.2, expensive=1.0):
+        self.write_records, self.max_age, self.expensive = write_records, max_age, expensive
+        self.records, self.oldest, self.urgent = [], None, False
+
+    def add(self, record) -> None:
+        if not self.records:
+            self.oldest = time.perf_counter()
+        self.records.append(record)
+        self.urgent |= (record.duration or 0) >= self.expensive
+
+    def flush(self, force=False) -> None:
+        if self.records and (force or self.urgent or time.perf_counter() - self.oldest >= self.max_age):
+            self.write_records(self.records)
+            self.records, self.urgent = [], False
+
+
+def drive(state, executor, make_task, accept, write_records, make_blocked, progress=None,
+          label=str) -> RunReport:
     """Dispatch ready nodes to idle workers until everything is finished.
 
-    Every finished record is written before anything else happens, so an
-    interruption (Ctrl-C, a crash of this process) loses only running nodes.
+    `accept(record)` sees each outcome at once; `write_records(records)` stores
+    them (see RecordBatch), always before this returns, so an interruption
+    (Ctrl-C, an exception) loses only running nodes.
     """
     report = RunReport(cached=list(state.cached))
     start = time.perf_counter()
     running_labels = {}
+    batch = RecordBatch(write_records)
 
     def record_outcome(record):
         ok = record.status == "done"
-        write_record(record)
+        accept(record)
+        batch.add(record)
         report.durations[record.id] = record.duration
         if not ok:
             report.errors[record.id] = record.error
         running_labels.pop(record.id, None)
         for blocked in scheduler.finish(state, record.id, ok):
-            write_record(make_blocked(blocked, record.id))
+            batch.add(make_blocked(blocked, record.id))
 
     try:
         while not scheduler.is_finished(state):
@@ -41,6 +70,7 @@ def drive(state, executor, make_task, write_record, make_blocked, progress=None,
                                  scheduler.has_dependents(state, node_id))
                 running_labels[node_id] = label(node_id)
                 executor.submit(worker, task)
+            batch.flush(force=executor.collect_blocks)
             try:
                 records = executor.collect()
             except Exception as error:
@@ -56,6 +86,7 @@ def drive(state, executor, make_task, write_record, make_blocked, progress=None,
         report.interrupted = True
         executor.close(cancel=True)
     finally:
+        batch.flush(force=True)
         if progress:
             progress.update(len(state.executed), len(state.failed), running_labels.values(), force=True)
             progress.close()

@@ -12,6 +12,8 @@ class SerialExecutor(Executor):
     (for `pdb.pm()`), after the finished nodes are stored.
     """
 
+    collect_blocks = False  # collect() runs the task right here
+
     def __init__(self, device="cpu", raise_errors: bool = False, cache_size: int = 8):
         self.device, self.raise_errors = device, raise_errors
         self.cache = StateCache(cache_size)

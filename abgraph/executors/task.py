@@ -114,6 +114,7 @@ def execute(task: Task, objects, cache: StateCache, device="cpu", reraise=False)
                 record.payload = task.payload
             for probe in task.probes:
                 view, _ = state._fork()
+                view.metrics = dict(state.metrics)
                 record.results[probe.name] = _jsonable(probe.fn(view), probe.name)
                 record.result_versions[probe.name] = probe.version
         if task.keep:

@@ -56,6 +56,7 @@ CREATE TABLE IF NOT EXISTS nodes (
     error TEXT, started REAL, finished REAL, duration REAL, payload TEXT,
     attributes TEXT NOT NULL, blobs TEXT NOT NULL, metrics TEXT NOT NULL,
     environment TEXT NOT NULL);
+CREATE INDEX IF NOT EXISTS nodes_seq ON nodes (seq);
 CREATE TABLE IF NOT EXISTS edges (
     child TEXT NOT NULL, position INTEGER NOT NULL, parent TEXT NOT NULL,
     PRIMARY KEY (child, position));
@@ -121,46 +122,33 @@ class Index:
         self.db.close()
 
     # -- writing ---------------------------------------------------------------
-    def write(self, record: NodeRecord) -> None:
-        """Insert or update one node in one transaction; never downgrade a done node."""
-        values = asdict(record)
-        row = [(_dumps(values[c]) if c in _JSON_COLUMNS else values[c]) for c in _NODE_COLUMNS]
+    def write(self, records, results_only=()) -> None:
+        """Store finished nodes in one transaction; never downgrade a done node.
+        Records whose id is in `results_only` are stored nodes gaining probe results."""
+        placeholders = ",".join("?" * len(_NODE_COLUMNS))
+        updates = ",".join(f"{c}=excluded.{c}" for c in _NODE_COLUMNS if c not in ("id", "seq"))
+        upsert = (f"INSERT INTO nodes ({','.join(_NODE_COLUMNS)}) VALUES ({placeholders}) "
+                  f"ON CONFLICT(id) DO UPDATE SET {updates} "
+                  "WHERE nodes.status != 'done' OR excluded.status = 'done'")
         with self._lock:
             self.db.execute("BEGIN IMMEDIATE")
             try:
-                seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) + 1 FROM nodes").fetchone()[0]
-                row[1] = seq
-                placeholders = ",".join("?" * len(_NODE_COLUMNS))
-                updates = ",".join(f"{c}=excluded.{c}" for c in _NODE_COLUMNS if c not in ("id", "seq"))
-                cursor = self.db.execute(
-                    f"INSERT INTO nodes ({','.join(_NODE_COLUMNS)}) VALUES ({placeholders}) "
-                    f"ON CONFLICT(id) DO UPDATE SET {updates} WHERE nodes.status != 'done' "
-                    "OR excluded.status = 'done'", row)
-                if cursor.rowcount:
-                    self.db.executemany("INSERT OR REPLACE INTO edges VALUES (?, ?, ?)",
-                                        [(record.id, i, p) for i, p in enumerate(record.parents)])
-                self.db.executemany("INSERT OR IGNORE INTO tags VALUES (?, ?)",
-                                    [(record.id, t) for t in record.tags])
-                self.db.executemany(
-                    "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)",
-                    [(record.id, name, record.result_versions.get(name, ""), _dumps(value))
-                     for name, value in record.results.items()])
-                self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
-                raise
-
-    def write_results(self, record: NodeRecord) -> None:
-        """Add probe results to a stored node, leaving the rest of its record alone."""
-        with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                self.db.executemany(
-                    "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)",
-                    [(record.id, name, record.result_versions.get(name, ""), _dumps(value))
-                     for name, value in record.results.items()])
-                self.db.executemany("INSERT OR IGNORE INTO tags VALUES (?, ?)",
-                                    [(record.id, t) for t in record.tags])
+                seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM nodes").fetchone()[0]
+                for record in records:
+                    if record.id not in results_only:
+                        seq += 1
+                        values = asdict(record)
+                        values["seq"] = seq
+                        row = [(_dumps(values[c]) if c in _JSON_COLUMNS else values[c]) for c in _NODE_COLUMNS]
+                        if self.db.execute(upsert, row).rowcount:
+                            self.db.executemany("INSERT OR REPLACE INTO edges VALUES (?, ?, ?)",
+                                                [(record.id, i, p) for i, p in enumerate(record.parents)])
+                    self.db.executemany("INSERT OR IGNORE INTO tags VALUES (?, ?)",
+                                        [(record.id, t) for t in record.tags])
+                    self.db.executemany(
+                        "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)",
+                        [(record.id, name, record.result_versions.get(name, ""), _dumps(value))
+                         for name, value in record.results.items()])
                 self.db.execute("COMMIT")
             except BaseException:
                 self.db.execute("ROLLBACK")

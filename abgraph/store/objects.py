@@ -26,6 +26,7 @@ class ObjectStore:
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
         self._present: set[str] = set()
+        self._folders: set[str] = set()
 
     def path(self, digest: str) -> Path:
         return self.root / digest[:2] / digest[2:]
@@ -35,6 +36,9 @@ class ObjectStore:
         digest = digest or blob_digest(data)
         if digest not in self._present:
             if not self.exists(digest):
+                if digest[:2] not in self._folders:
+                    self.path(digest).parent.mkdir(exist_ok=True)
+                    self._folders.add(digest[:2])
                 self._write(self.path(digest), data)
             self._present.add(digest)
         return digest
@@ -74,7 +78,6 @@ class ObjectStore:
     def _write(path: Path, data) -> None:
         """Write to a temporary name in the same folder, then rename: readers see
         the whole blob or none of it, whatever kills the writer."""
-        path.parent.mkdir(exist_ok=True)
         temporary = path.parent / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"
         try:
             with open(temporary, "wb") as handle:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import io
 import pickle
+from types import FunctionType
 
 import dill
 import numpy
@@ -28,8 +29,8 @@ class Snapshot:
     instead of re-hashing them (costly) when it is saved.
     """
 
-    def __init__(self):
-        self.by_id: dict[int, tuple[object, str]] = {}
+    def __init__(self, by_id: dict | None = None):
+        self.by_id: dict[int, tuple[object, str]] = by_id if by_id is not None else {}
 
     def add(self, tensor, digest: str) -> None:
         self.by_id[id(tensor)] = (tensor, digest)
@@ -46,11 +47,19 @@ def _raw(tensor):
     return data.view(torch.uint8).numpy() if data.numel() else numpy.empty(0, numpy.uint8)
 
 
+_SPLIT_TYPES = frozenset({torch.Tensor, torch.nn.Parameter, numpy.ndarray})
+
+
 def _splittable(obj) -> bool:
-    if isinstance(obj, torch.Tensor):
-        return (type(obj) in (torch.Tensor, torch.nn.Parameter) and obj.layout == torch.strided
-                and not obj.is_quantized and not obj.is_meta)
-    return isinstance(obj, numpy.ndarray) and obj.dtype != object and type(obj) is numpy.ndarray
+    """Plain tensors, parameters and numeric arrays become blobs; tensor subclasses,
+    sparse, quantized and meta tensors are left to pickle. Called on every object
+    pickled, so the common answer (no) is one set lookup."""
+    kind = type(obj)
+    if kind not in _SPLIT_TYPES:
+        return False
+    if kind is numpy.ndarray:
+        return obj.dtype != object
+    return obj.layout == torch.strided and not obj.is_quantized and not obj.is_meta
 
 
 def _unchanged(tensor, source) -> bool:
@@ -61,30 +70,62 @@ def _unchanged(tensor, source) -> bool:
     return tensor.device == source.device and torch.equal(tensor, source)
 
 
-class _Pickler(serialization.Pickler):
-    def __init__(self, file, store: ObjectStore, known: dict, snapshot: Snapshot):
-        super().__init__(file)
-        self.store, self.known, self.snapshot = store, known, snapshot
+class _NeedsDill(Exception):
+    """The fast pickler met something only dill pickles faithfully."""
+
+
+class _Splitter:
+    """Tensors out as blobs; shared by the fast and the dill pickler."""
+
+    def _setup(self, store: ObjectStore, known: dict, digests: dict):
+        self.store, self.known, self.digests = store, known, digests
         self.blobs: list[str] = []
         self._refs: dict[int, int] = {}
 
     def persistent_id(self, obj):
         if not _splittable(obj):
-            return None
+            return self._not_split(obj)
         ref = self._refs.setdefault(id(obj), len(self._refs))
-        carried = self.known.get(id(obj))
-        if carried is not None and carried[0] is obj and _unchanged(obj, carried[1]):
-            digest = carried[2]
+        entry = self.digests.get(id(obj))
+        if entry is not None and entry[0] is obj:
+            digest = entry[1]
         else:
-            raw = _raw(obj)
-            digest = self.store.put(raw, blob_digest(raw))
-        self.snapshot.add(obj, digest)
+            carried = self.known.get(id(obj))
+            if carried is not None and carried[0] is obj and _unchanged(obj, carried[1]):
+                digest = carried[2]
+            else:
+                raw = _raw(obj)
+                digest = self.store.put(raw, blob_digest(raw))
+            self.digests[id(obj)] = (obj, digest)
         self.blobs.append(digest)
         if isinstance(obj, numpy.ndarray):
             return ("ndarray", ref, digest, obj.dtype.str, obj.shape)
         kind = "parameter" if isinstance(obj, torch.nn.Parameter) else "tensor"
         return (kind, ref, digest, str(obj.dtype).removeprefix("torch."), tuple(obj.shape),
                 obj.requires_grad and obj.is_leaf)
+
+    def _not_split(self, obj):
+        return None
+
+
+class _FastPickler(_Splitter, pickle.Pickler):
+    """C pickle: several times faster than dill, but it would store a class or
+    function of the user's script by reference, which a notebook could not load."""
+
+    def __init__(self, file, store, known, digests):
+        pickle.Pickler.__init__(self, file, protocol=pickle.HIGHEST_PROTOCOL)
+        self._setup(store, known, digests)
+
+    def _not_split(self, obj):
+        if (type(obj) is FunctionType or isinstance(obj, type)) and obj.__module__ == "__main__":
+            raise _NeedsDill
+        return None
+
+
+class _DillPickler(_Splitter, serialization.Pickler):
+    def __init__(self, file, store, known, digests):
+        serialization.Pickler.__init__(self, file)
+        self._setup(store, known, digests)
 
 
 class _Unpickler(dill.Unpickler):
@@ -192,15 +233,20 @@ def _clone_tensor(tensor):
 
 def dump(payload: dict, store: ObjectStore, known: dict | None = None):
     """Store `payload` (attribute name -> object); return (digest, tensor blobs, snapshot)."""
-    snapshot = Snapshot()
-    buffer = io.BytesIO()
-    pickler = _Pickler(buffer, store, known or {}, snapshot)
-    try:
-        pickler.dump(payload)
-    except Exception as error:
-        raise PayloadError(_name_unpicklable(payload, error)) from error
+    digests: dict = {}
+    for pickler_class in (_FastPickler, _DillPickler):
+        buffer = io.BytesIO()
+        pickler = pickler_class(buffer, store, known or {}, digests)
+        try:
+            pickler.dump(payload)
+            break
+        except OSError:
+            raise  # the disk, not the payload: say so as it is
+        except Exception as error:  # _NeedsDill, or what only dill pickles (closures, lambdas)
+            if pickler_class is _DillPickler:
+                raise PayloadError(_name_unpicklable(payload, error)) from error
     digest = store.put(buffer.getbuffer())
-    return digest, sorted(set(pickler.blobs)), snapshot
+    return digest, sorted(set(pickler.blobs)), Snapshot(digests)
 
 
 def _name_unpicklable(payload: dict, error: Exception) -> str:
