@@ -16,17 +16,17 @@ _STATUS_STYLE = {
 _SCALE = ["#f7fbff", "#deebf7", "#c6dbef", "#9ecae1", "#6baed6", "#4292c6"]
 
 
-def distinguishing(graph) -> dict:
+def distinguishing(nodes) -> dict:
     """recipe type -> the property names worth printing: those that vary among
     its nodes (constant settings would repeat on every box), or all non-None
     ones for a recipe used once."""
     values: dict = {}
-    for node in graph.nodes:
+    for node in nodes:
         record = node._ab_record
         for key, value in _shown_values(record).items():
             values.setdefault(record.recipe, {}).setdefault(key, set()).add(repr(value))
     counts: dict = {}
-    for node in graph.nodes:
+    for node in nodes:
         counts[node._ab_record.recipe] = counts.get(node._ab_record.recipe, 0) + 1
     return {recipe: {k for k, seen in keys.items() if counts[recipe] == 1 or len(seen) > 1}
             for recipe, keys in values.items()}
@@ -70,16 +70,19 @@ def _short(value) -> str:
     return text if len(text) <= 24 else text[:21] + "..."
 
 
-def to_dot(graph, label=None, color_by=None, metrics=None):
+def to_dot(nodes, label=None, color_by=None, metrics=None, direction="TB"):
+    """`nodes`: a graph's nodes or any subset (a NodeSet); edges between them are drawn."""
     import graphviz
     metrics = list(metrics or ([color_by] if color_by else []))
-    dot = graphviz.Digraph("experiment", graph_attr={"rankdir": "TB", "nodesep": "0.25", "ranksep": "0.35"},
+    dot = graphviz.Digraph("experiment", graph_attr={"rankdir": direction, "nodesep": "0.25", "ranksep": "0.35"},
                            node_attr={"shape": "box", "fontname": "Helvetica", "fontsize": "10",
                                       "fillcolor": "#ffffff"},
                            edge_attr={"color": "#666666", "arrowsize": "0.6"})
-    colors = _colors(graph, color_by) if color_by else {}
-    shown = distinguishing(graph)
-    for node in graph.nodes:
+    nodes = list(nodes)
+    colors = _colors(nodes, color_by) if color_by else {}
+    shown = distinguishing(nodes)
+    present = {node.id for node in nodes}
+    for node in nodes:
         record = node._ab_record
         style = dict(_STATUS_STYLE.get(record.status, {}))
         if node.id in colors and record.status == "done":
@@ -87,31 +90,32 @@ def to_dot(graph, label=None, color_by=None, metrics=None):
         text = label(node) if label else default_label(node, metrics, shown.get(node._ab_record.recipe))
         dot.node(node.id, text, **style)
         for parent in record.parents:
-            dot.edge(parent, node.id)
+            if parent in present:
+                dot.edge(parent, node.id)
     return dot
 
 
-def _colors(graph, metric) -> dict:
+def _colors(nodes, metric) -> dict:
     values = {}
-    for node in graph.nodes:
+    for node in nodes:
         value = node._ab_record.metrics.get(metric, _result(node._ab_record, metric))
         if isinstance(value, (int, float)) and value == value:
             values[node.id] = float(value)
     if not values:
-        known = sorted({m for n in graph.nodes for m in n._ab_record.metrics})
+        known = sorted({m for n in nodes for m in n._ab_record.metrics})
         raise ValueError(f"no node has the metric {metric!r}; metrics in this experiment: {known}")
     low, high = min(values.values()), max(values.values())
     span = (high - low) or 1.0
     return {k: _SCALE[min(len(_SCALE) - 1, int((v - low) / span * len(_SCALE)))] for k, v in values.items()}
 
 
-def draw(graph, filename=None, format="pdf", label=None, color_by=None, metrics=None):
+def draw(nodes, filename=None, format="pdf", label=None, color_by=None, metrics=None, direction="TB"):
     """Write `filename.format` (pdf, svg or png) and return its path; with no
     filename, return the graphviz object (a notebook shows it inline)."""
     if format not in FORMATS:
         raise ValueError(f"format {format!r} is not supported; choose one of {FORMATS}")
     import graphviz
-    dot = to_dot(graph, label=label, color_by=color_by, metrics=metrics)
+    dot = to_dot(nodes, label=label, color_by=color_by, metrics=metrics, direction=direction)
     if filename is None:
         return dot
     path = Path(filename)

@@ -102,6 +102,17 @@ class NodeSet(list):
             rows.append(row)
         return pandas.DataFrame(rows)
 
+    def draw(self, filename=None, format="pdf", label=None, color_by=None, metrics=None,
+             direction="TB"):
+        """Draw these nodes (and the edges between them) with graphviz: to
+        `filename.format` (pdf, svg, png), or return the graphviz object (shown
+        inline in a notebook). `label(node)` replaces the default label;
+        `color_by` colors nodes by a metric; `metrics` are printed in the labels;
+        `direction="LR"` lays a wide study out left to right."""
+        from .drawing import draw
+        return draw(self, filename=filename, format=format, label=label, color_by=color_by,
+                    metrics=metrics, direction=direction)
+
     def summarize(self, metric: str, by, confidence: float = 0.95):
         """n, mean, std and confidence interval of `metric` per group of nodes.
 
@@ -250,15 +261,14 @@ class ExperimentGraph:
     def to_dataframe(self):
         return self.nodes.to_dataframe()
 
-    def draw(self, filename=None, format="pdf", label=None, color_by=None, metrics=None):
-        """Render the graph with graphviz; see `abgraph.drawing.draw`."""
-        from .drawing import draw
-        return draw(self, filename=filename, format=format, label=label, color_by=color_by,
-                    metrics=metrics)
+    def draw(self, filename=None, format="pdf", label=None, color_by=None, metrics=None,
+             direction="TB"):
+        """Render the graph with graphviz; see `NodeSet.draw` to draw a part of it."""
+        return self.nodes.draw(filename, format, label, color_by, metrics, direction)
 
     def _repr_svg_(self):
         from .drawing import to_dot
-        return to_dot(self)._repr_image_svg_xml()
+        return to_dot(self.nodes)._repr_image_svg_xml()
 
     def __len__(self):
         return len(self._by_id)

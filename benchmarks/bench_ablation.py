@@ -30,10 +30,14 @@ sides do the same work.
 
 Torch uses 1 thread in this process (`--threads`); `ProcessExecutor` gives each
 of its 2 workers cores // 2 threads (1 here). Each repeat alternates the order of
-baseline, serial and process; figures are medians over repeats. The folders are
-`tempfile.TemporaryDirectory`s (outside the repo; `--dir` sets where). Every
-timing also prints how many cores other processes used meanwhile ("others"):
-on a shared machine the process figure is the first to suffer.
+baseline, serial and process (after one untimed warm-up of the baseline);
+figures are medians over repeats. The folders are `tempfile.TemporaryDirectory`s
+(outside the repo; `--dir` sets where). The machine may be shared: before each
+timing the benchmark waits (at most `--wait` seconds in all) until other
+processes use under 0.3 cores, and every timing prints how many cores they used
+meanwhile ("others"); the process figure is the first to suffer from them.
+`--seeds N` runs the same study with seeds 0..N-1 (more training per worker
+start-up).
 Exit status 1 if a target is missed.
 """
 from __future__ import annotations
@@ -129,7 +133,23 @@ def run_study(folder, df, seeds, executor):
     if not result.ok:
         raise RuntimeError(f"the study failed:\n{result}")
     metrics = {(row.trial, row.seed): row.metric for row in result.runs.itertuples()}
-    return metrics, study.report
+    return metrics, study.report, result
+
+
+def worker_timeline(result, started):
+    """Per worker process: seconds from run() to its first node, and how much longer
+    its first trial took than its others (the imports the first task pays)."""
+    by_pid: dict = {}
+    for node in result.graph.nodes:
+        record = node._ab_record
+        if record.recipe.endswith("AblationTrial") and record.started:
+            by_pid.setdefault(record.environment.get("pid"), []).append(record)
+    timeline = []
+    for records in by_pid.values():
+        records.sort(key=lambda r: r.started)
+        rest = statistics.median(r.duration for r in records[1:]) if len(records) > 1 else 0.0
+        timeline.append((records[0].started - started, records[0].duration - rest, len(records)))
+    return sorted(timeline)
 
 
 # --------------------------------------------------------------------------- CPU accounting
@@ -182,6 +202,18 @@ class Meter:
         self.others = max(0.0, others / max(self.seconds, 1e-9))
 
 
+def quiet(budget, limit=0.3) -> float:
+    """Wait (at most what is left of `budget["seconds"]`) until other processes use
+    under `limit` cores; return their load when we go on."""
+    while True:
+        with Meter() as meter:
+            time.sleep(0.5)
+        if meter.others < limit or budget["seconds"] <= 0:
+            return meter.others
+        budget["seconds"] -= meter.seconds
+        budget["waited"] += meter.seconds
+
+
 def worker_start_seconds(repeats=3) -> float:
     """A bare interpreter importing what a worker imports (torch, abgraph, the example)."""
     code = "import torch, abgraph, abgraph.executors.worker, abgraph.ablation"
@@ -195,30 +227,36 @@ def worker_start_seconds(repeats=3) -> float:
 
 # --------------------------------------------------------------------------- the benchmark
 
-def one_repeat(repeat, df, seeds, parent):
+def one_repeat(repeat, df, seeds, parent, budget):
     """Baseline, serial and process once each (order rotated per repeat), plus the re-run."""
     out, metrics = {}, {}
 
     def baseline():
+        quiet(budget)
         with Meter() as meter:
             metrics["baseline"] = run_baseline(df, seeds)
         out["baseline"] = meter
 
     def serial():
         folder = Path(tempfile.mkdtemp(prefix="serial-", dir=parent)) / "study"
+        quiet(budget)
         with Meter() as meter:
-            metrics["serial"], report = run_study(folder, df, seeds, dg.SerialExecutor())
+            metrics["serial"], report, _ = run_study(folder, df, seeds, dg.SerialExecutor())
         out["serial"], out["serial_nodes"] = meter, sum(report.durations.values())
         with Meter() as again:
-            metrics["rerun"], report = run_study(folder, df, seeds, dg.SerialExecutor())
+            metrics["rerun"], report, _ = run_study(folder, df, seeds, dg.SerialExecutor())
         again.executed, again.cached = len(report.executed), len(report.cached)
         out["rerun"] = again
 
     def process():
         folder = Path(tempfile.mkdtemp(prefix="process-", dir=parent)) / "study"
+        quiet(budget)
+        started = time.time()
         with Meter() as meter:
-            metrics["process"], report = run_study(folder, df, seeds, dg.ProcessExecutor(workers=WORKERS))
+            metrics["process"], report, result = run_study(folder, df, seeds,
+                                                           dg.ProcessExecutor(workers=WORKERS))
         out["process"], out["process_nodes"] = meter, sum(report.durations.values())
+        out["timeline"] = worker_timeline(result, started)
 
     steps = [baseline, serial, process]
     shift = repeat % len(steps)
@@ -260,13 +298,17 @@ def profile_serial(df, seeds, parent, lines=25):
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--quick", action="store_true", help="1 repeat, seeds [0, 1]")
+    parser.add_argument("--seeds", type=int, default=None,
+                        help="seeds 0..N-1 (default 3, the example's; 2 with --quick)")
+    parser.add_argument("--wait", type=float, default=120.0,
+                        help="seconds in all to wait for other processes to go quiet (default 120)")
     parser.add_argument("--repeats", type=int, default=None, help="default 3 (1 with --quick)")
     parser.add_argument("--threads", type=int, default=1, help="torch threads in this process")
     parser.add_argument("--dir", default=None, help="where the temporary folders go")
     parser.add_argument("--profile", action="store_true", help="also cProfile one serial study")
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
-    seeds = [0, 1] if args.quick else example.SEEDS
+    seeds = list(range(args.seeds)) if args.seeds else [0, 1] if args.quick else example.SEEDS
     torch.set_num_threads(args.threads)
 
     df = example.breast_cancer()
@@ -278,8 +320,10 @@ def main(argv=None) -> int:
     start = worker_start_seconds()
     print(f"a bare interpreter importing torch and abgraph (what each worker pays first): {start:.2f} s")
 
+    run_baseline(df, seeds[:1])   # warm-up: first calls of the kernels, the allocator, the caches
     with tempfile.TemporaryDirectory(prefix="abgraph-bench-ablation-", dir=args.dir) as parent:
-        results = [one_repeat(r, df, seeds, parent) for r in range(repeats)]
+        budget = {"seconds": args.wait, "waited": 0.0}
+        results = [one_repeat(r, df, seeds, parent, budget) for r in range(repeats)]
 
         def med(key, attr="seconds"):
             return statistics.median(getattr(r[key], attr) if attr else r[key] for r in results)
@@ -310,10 +354,15 @@ def main(argv=None) -> int:
               f"{serial_nodes:.2f} s in all (training plus storing each node), the rest "
               f"({serial - serial_nodes:.2f} s) is building, checking and recording the study")
         ideal = baseline / WORKERS
+        timeline = results[len(results) // 2]["timeline"]
         print(f"  process: ideal {WORKERS}-way split of the baseline {ideal:.2f} s (ratio "
               f"{ideal / baseline:.2f}); the nodes ran for {process_nodes:.2f} s in all in the workers "
               f"({process_nodes / max(serial_nodes, 1e-9):.2f}x the serial nodes); each worker first "
               f"pays about {start:.2f} s of imports")
+        for first, extra, count in timeline:
+            print(f"    a worker: first trial started {first:.2f} s after run(), its first trial took "
+                  f"{extra:+.2f} s longer than its others, {count} trials")
+        print(f"  waited {budget['waited']:.0f} s in all for other processes to go quiet")
         if args.profile or not ok_serial:
             profile_serial(df, seeds, parent)
 

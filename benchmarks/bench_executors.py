@@ -18,6 +18,8 @@
 Every figure is a ratio against a baseline measured in this same process, with
 the absolute numbers and PASS/FAIL against the issue's target. Each run uses a
 fresh experiment folder in a `tempfile.TemporaryDirectory` (outside the repo).
+Figure 1 repeats serial/cold/warm runs (2 repeats in the full run) and keeps
+the best of each, since other processes only ever add time.
 The machine may be shared: every timing also prints the CPU that processes
 outside this benchmark's process tree used meanwhile ("others"), and before each
 timing the benchmark waits (bounded) for the machine to be quiet.
@@ -143,11 +145,15 @@ def build_chain(exp, steps):
 def warm_up_graph(exp):
     """Two cheap roots: run them first so that both workers have started."""
     if exp.state_class is BranchState:
-        for seed in (-1, -2):
-            exp.spawn_new_tree(n_samples=8, data_seed=seed)
-    else:
-        for tag in ("warm-up-a", "warm-up-b"):
-            exp.spawn_new_tree(tag=tag)
+        return [exp.spawn_new_tree(n_samples=8, data_seed=seed) for seed in (-1, -2)]
+    return [exp.spawn_new_tree(tag=tag) for tag in ("warm-up-a", "warm-up-b")]
+
+
+def warm_up_training(roots):
+    """One batch of training on each warm-up root: in a fresh process the first
+    `torch.optim` optimizer imports torch._dynamo (seconds), which the serial
+    baseline has paid during calibration."""
+    return [Train(seed=0, epochs=1, lr=0.05)(root) for root in roots]
 
 
 # --------------------------------------------------------------------------- executors
@@ -261,12 +267,16 @@ def run_branches(executor_factory, epochs, budget, warm=False):
     run in the same folder starts the workers first (timed separately)."""
     with fresh_experiment(BranchState) as exp:
         executor = executor_factory()
-        warm_up = shutdown = None
+        warm_up = first_optimizer = shutdown = None
         if warm:
-            warm_up_graph(exp)
+            roots = warm_up_graph(exp)
             with Meter() as warm_meter:
                 exp.run(executor=executor, progress=False)
             warm_up = warm_meter.seconds
+            warm_up_training(roots)
+            with Meter() as warm_meter:
+                exp.run(executor=executor, progress=False)
+            first_optimizer = warm_meter.seconds
         build_branches(exp, epochs)
         try:
             report, meter = timed_run(exp, executor, budget)
@@ -275,11 +285,11 @@ def run_branches(executor_factory, epochs, budget, warm=False):
                 shutdown = executor.shutdown()
         branch_seconds = [d for node_id, d in report.durations.items() if d > 0.05]
         return dict(seconds=meter.seconds, others=meter.others, others_before=meter.others_before,
-                    warm_up=warm_up, shutdown=shutdown, branch_seconds=branch_seconds,
+                    warm_up=warm_up, first_optimizer=first_optimizer, shutdown=shutdown, branch_seconds=branch_seconds,
                     digests=digests(exp), executor=executor)
 
 
-def seconds_per_epoch(repeats=3):
+def seconds_per_epoch(repeats=5):
     """Calibrate in this process, on one thread, like the recipe."""
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
@@ -293,7 +303,7 @@ def seconds_per_epoch(repeats=3):
             start = time.perf_counter()
             train(make_model(0), x, y, 5, 0, 0.05)
             timings.append((time.perf_counter() - start) / 5)
-        return statistics.median(timings)
+        return min(timings)  # other processes only ever add time
     finally:
         torch.set_num_threads(threads)
 
@@ -331,13 +341,16 @@ def figure_speedup(args, budget):
               f"{cold[-1]['seconds']:.2f} s, process (warm) {warm[-1]['seconds']:.2f} s "
               f"{others_note(serial[-1], cold[-1], warm[-1])}")
 
-    def median(runs, key="seconds"):
-        return statistics.median(r[key] for r in runs)
+    def best(runs, key="seconds"):
+        # the best of the repeats: other processes only ever add time
+        return min(r[key] for r in runs)
 
-    t_serial, t_cold, t_warm = median(serial), median(cold), median(warm)
-    branch = statistics.mean(s for r in serial for s in r["branch_seconds"])
-    warm_up, shutdown = median(warm, "warm_up"), median(warm, "shutdown")
+    t_serial, t_cold, t_warm = best(serial), best(cold), best(warm)
+    branch = statistics.mean(min(serial, key=lambda r: r["seconds"])["branch_seconds"])
+    warm_up, shutdown = best(warm, "warm_up"), best(warm, "shutdown")
+    first_optimizer = best(warm, "first_optimizer")
     same = all(r["digests"] == serial[0]["digests"] for r in serial + cold)
+    print(f"best of {args.repeats} repeat(s):")
     print(f"SerialExecutor (baseline): {t_serial:7.2f} s  ({BRANCHES} branches, {branch:.2f} s each "
           f"serial, + root)")
     speedup_cold = t_serial / t_cold
@@ -346,12 +359,15 @@ def figure_speedup(args, budget):
           f"{speedup_cold:.2f}x  (target >= {TARGET_SPEEDUP}x) {verdict(speedup_cold >= TARGET_SPEEDUP)}")
     print(f"ProcessExecutor, workers already running:         {t_warm:7.2f} s  speed-up "
           f"{speedup_warm:.2f}x  (target >= {TARGET_SPEEDUP}x) {verdict(speedup_warm >= TARGET_SPEEDUP)}")
-    print(f"  worker start-up (warm-up run of 2 trivial roots): {warm_up:.2f} s; shut-down "
-          f"(close, waiting for the workers to exit): {shutdown:.2f} s; ideal on {WORKERS} cores "
-          f"{t_serial / WORKERS:.2f} s")
+    print(f"  fixed costs of the cold run: worker start-up (a run of 2 trivial roots) {warm_up:.2f} s; "
+          f"first optimizer in each worker (a run of 2 one-batch Train nodes; imports torch._dynamo) "
+          f"{first_optimizer:.2f} s; shut-down (close, waiting for the workers to exit) {shutdown:.2f} s")
+    print(f"  ideal on {WORKERS} cores: {t_serial / WORKERS:.2f} s; to reach {TARGET_SPEEDUP}x with "
+          f"start-up included the fixed costs must stay under "
+          f"{t_serial / TARGET_SPEEDUP - t_serial / WORKERS:.2f} s")
     print(f"  same node ids and payload digests, serial vs process: {'yes' if same else 'NO'}")
     return dict(t_serial=t_serial, t_cold=t_cold, t_warm=t_warm, epochs=epochs, branch=branch,
-                warm_up=warm_up, shutdown=shutdown, digests=serial[0]["digests"])
+                warm_up=warm_up, first_optimizer=first_optimizer, shutdown=shutdown, digests=serial[0]["digests"])
 
 
 def figure_overhead(args, budget):
@@ -362,31 +378,40 @@ def figure_overhead(args, budget):
         build_fan(exp, nodes)
         report, serial = timed_run(exp, dg.SerialExecutor(), budget)
         serial_compute = sum(report.durations.values())
-    with fresh_experiment(TinyState) as exp:
-        executor = WarmProcessExecutor(workers=WORKERS)
-        warm_up_graph(exp)
-        exp.run(executor=executor, progress=False)
-        build_fan(exp, nodes)
-        profile = cProfile.Profile() if args.profile else None
-        try:
-            if profile:
-                profile.enable()
-            report, process = timed_run(exp, executor, budget)
-        finally:
-            if profile:
-                profile.disable()
-            executor.shutdown()
-        process_compute = sum(report.durations.values())
+    runs = {}
+    for workers in (1, WORKERS):
+        with fresh_experiment(TinyState) as exp:
+            executor = WarmProcessExecutor(workers=workers)
+            warm_up_graph(exp)
+            exp.run(executor=executor, progress=False)
+            build_fan(exp, nodes)
+            profile = cProfile.Profile() if args.profile and workers == WORKERS else None
+            try:
+                if profile:
+                    profile.enable()
+                report, meter = timed_run(exp, executor, budget)
+            finally:
+                if profile:
+                    profile.disable()
+                executor.shutdown()
+            runs[workers] = (meter, sum(report.durations.values()))
     over_serial = (serial.seconds - serial_compute) / nodes * 1e3
-    over_process = (process.seconds - process_compute) / nodes * 1e3
     print(f"SerialExecutor (baseline): {serial.seconds:.3f} s, recipes {serial_compute:.3f} s -> "
           f"{over_serial:.2f} ms/node overhead ({serial.seconds / nodes * 1e3:.2f} ms/node wall) "
           f"{others_note(serial.others)}")
-    print(f"ProcessExecutor (warm):    {process.seconds:.3f} s, recipes {process_compute:.3f} s "
-          f"(sum over both workers) -> {over_process:.2f} ms/node overhead "
-          f"({process.seconds / nodes * 1e3:.2f} ms/node wall), {over_process / over_serial:.2f}x "
-          f"the serial overhead; target <= {TARGET_OVERHEAD_MS} ms "
-          f"{verdict(over_process <= TARGET_OVERHEAD_MS)} {others_note(process.others)}")
+    meter, compute = runs[1]
+    over_one = (meter.seconds - compute) / nodes * 1e3
+    print(f"ProcessExecutor(workers=1), warm: {meter.seconds:.3f} s, recipes {compute:.3f} s -> "
+          f"{over_one:.2f} ms/node overhead, {over_one / over_serial:.1f}x the serial overhead "
+          f"{others_note(meter.others)}")
+    meter, compute = runs[WORKERS]
+    literal = (meter.seconds - compute) / nodes * 1e3
+    over_process = (meter.seconds - compute / WORKERS) / nodes * 1e3
+    print(f"ProcessExecutor(workers={WORKERS}), warm: {meter.seconds:.3f} s, recipes {compute:.3f} s "
+          f"(sum over the workers) -> (wall - recipes) / nodes = {literal:.2f} ms/node; counting the "
+          f"recipes as run side by side, (wall - recipes / {WORKERS}) / nodes = {over_process:.2f} ms/node, "
+          f"{over_process / over_serial:.1f}x the serial overhead; target <= {TARGET_OVERHEAD_MS} ms "
+          f"{verdict(over_process <= TARGET_OVERHEAD_MS)} {others_note(meter.others)}")
     if profile:
         print_profile(profile, f"cProfile of the driver, {nodes} trivial nodes on ProcessExecutor")
 
@@ -460,18 +485,19 @@ def worker_start_profile():
     header("Worker start-up and exit, one bare process like a worker")
     code = ("import time; t = time.perf_counter(); import dill, torch; t1 = time.perf_counter(); "
             "import abgraph.store, abgraph.executors.task; t2 = time.perf_counter(); "
-            "print(t1 - t, t2 - t1, flush=True); import sys; sys.stdin.read()")
+            "import torch._dynamo; t3 = time.perf_counter(); "
+            "print(t1 - t, t2 - t1, t3 - t2, flush=True); import sys; sys.stdin.read()")
     start = time.perf_counter()
     process = subprocess.Popen([sys.executable, "-c", code], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                text=True)
-    torch_s, abgraph_s = map(float, process.stdout.readline().split())
+    torch_s, abgraph_s, dynamo_s = map(float, process.stdout.readline().split())
     ready = time.perf_counter() - start
     exit_start = time.perf_counter()
     process.stdin.close()
     process.wait()
     exit_s = time.perf_counter() - exit_start
     print(f"process ready after {ready:.2f} s (import dill+torch {torch_s:.2f} s, abgraph store+task "
-          f"{abgraph_s:.2f} s); exit after EOF {exit_s:.2f} s (interpreter teardown: its final "
+          f"{abgraph_s:.2f} s, torch._dynamo, which the first optimizer imports, {dynamo_s:.2f} s); exit after EOF {exit_s:.2f} s (interpreter teardown: its final "
           f"garbage collection over torch's objects)")
 
 
