@@ -48,7 +48,7 @@ def default_label(node, metrics=(), shown=None) -> str:
     if record.tags:
         lines.append(f"<I>{html.escape(', '.join(record.tags))}</I>")
     for metric in metrics:
-        value = record.metrics.get(metric, _result(record, metric))
+        value = measured(record, metric)
         if value is not None:
             lines.append(html.escape(f"{metric}={_short(value)}"))
     if record.status != "done":
@@ -57,10 +57,39 @@ def default_label(node, metrics=(), shown=None) -> str:
     return "<" + "<BR/>".join(lines) + ">"
 
 
-def _result(record, dotted):
-    name, _, key = dotted.partition(".")
-    value = record.results.get(name)
-    return value.get(key) if isinstance(value, dict) and key else (value if not key else None)
+def measured(record, name):
+    """A metric, a function result (`eval_fn.accuracy`), or a result key named
+    alone (`accuracy` found in `eval_fn`'s dict); None where the node has none."""
+    if name in record.metrics:
+        return record.metrics[name]
+    function, _, key = name.partition(".")
+    value = record.results.get(function)
+    if key:
+        return value.get(key) if isinstance(value, dict) else None
+    if value is not None:
+        return value
+    for result in record.results.values():
+        if isinstance(result, dict) and name in result:
+            return result[name]
+    return None
+
+
+def measurable(nodes) -> list:
+    """Every metric and result name that `measured` understands, for error messages."""
+    names = set()
+    for node in nodes:
+        record = node._ab_record
+        names.update(record.metrics)
+        for function, value in record.results.items():
+            names.update(f"{function}.{k}" for k in value) if isinstance(value, dict) else names.add(function)
+    return sorted(names)
+
+
+def _check_measured(nodes, names) -> None:
+    for name in names:
+        if not any(measured(node._ab_record, name) is not None for node in nodes):
+            raise ValueError(f"no node has the metric {name!r}; metrics and results here: "
+                             f"{measurable(nodes)}")
 
 
 def _short(value) -> str:
@@ -79,6 +108,7 @@ def to_dot(nodes, label=None, color_by=None, metrics=None, direction="TB"):
                                       "fillcolor": "#ffffff"},
                            edge_attr={"color": "#666666", "arrowsize": "0.6"})
     nodes = list(nodes)
+    _check_measured(nodes, metrics)
     colors = _colors(nodes, color_by) if color_by else {}
     shown = distinguishing(nodes)
     present = {node.id for node in nodes}
@@ -98,12 +128,11 @@ def to_dot(nodes, label=None, color_by=None, metrics=None, direction="TB"):
 def _colors(nodes, metric) -> dict:
     values = {}
     for node in nodes:
-        value = node._ab_record.metrics.get(metric, _result(node._ab_record, metric))
+        value = measured(node._ab_record, metric)
         if isinstance(value, (int, float)) and value == value:
             values[node.id] = float(value)
     if not values:
-        known = sorted({m for n in nodes for m in n._ab_record.metrics})
-        raise ValueError(f"no node has the metric {metric!r}; metrics in this experiment: {known}")
+        raise ValueError(f"no node has a numeric {metric!r}; metrics and results here: {measurable(nodes)}")
     low, high = min(values.values()), max(values.values())
     span = (high - low) or 1.0
     return {k: _SCALE[min(len(_SCALE) - 1, int((v - low) / span * len(_SCALE)))] for k, v in values.items()}
@@ -119,7 +148,10 @@ def draw(nodes, filename=None, format="pdf", label=None, color_by=None, metrics=
     if filename is None:
         return dot
     path = Path(filename)
-    if path.suffix.lstrip(".") in FORMATS:
+    if path.suffix:
+        if path.suffix.lstrip(".") not in FORMATS:
+            raise ValueError(f"{filename}: drawing writes {', '.join(FORMATS)}; "
+                             f"not {path.suffix!r}")
         format, path = path.suffix.lstrip("."), path.with_suffix("")
     try:
         return dot.render(str(path), format=format, cleanup=True)

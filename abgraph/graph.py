@@ -1,6 +1,7 @@
 """Browsing a stored experiment: `ExperimentGraph` and `NodeSet` queries."""
 from __future__ import annotations
 
+import difflib
 import fnmatch
 from functools import cached_property
 
@@ -22,6 +23,16 @@ class NodeSet(list):
     def where(self, **conditions) -> "NodeSet":
         """Nodes whose state properties (or recipe properties) equal the given values;
         a callable value is used as a predicate."""
+        known = {"recipe", "status"}
+        for node in self:
+            known.update(node._ab_record.properties, node._ab_record.recipe_properties)
+        unknown = [name for name in conditions if name not in known]
+        if unknown and self:
+            close = difflib.get_close_matches(unknown[0], sorted(known), n=1)
+            raise ValueError(f"no node here has a property {unknown[0]!r}"
+                             + (f" (did you mean {close[0]!r}?)" if close else "")
+                             + f"; properties: {sorted(known)}")
+
         def matches(node):
             record = node._ab_record
             for name, wanted in conditions.items():

@@ -4,6 +4,7 @@
     python benchmarks/bench_ablation.py             # 3 repeats (the figures in README.md)
     python benchmarks/bench_ablation.py --quick     # 1 repeat, 2 seeds
     python benchmarks/bench_ablation.py --profile   # also cProfile one SerialExecutor study
+    python benchmarks/bench_ablation.py --what-if-fork   # also time forked workers (a prototype)
 
 The LOCO study of `examples/loco_breast_cancer.py` (10 trials x 3 seeds: the
 base, 4 features, 3 single layers, the "my_dense" prefix group and a custom
@@ -37,7 +38,9 @@ timing the benchmark waits (at most `--wait` seconds in all) until other
 processes use under 0.3 cores, and every timing prints how many cores they used
 meanwhile ("others"); the process figure is the first to suffer from them.
 `--seeds N` runs the same study with seeds 0..N-1 (more training per worker
-start-up).
+start-up). `--what-if-fork` also times a prototype (in this script) of
+ProcessExecutor with forked instead of spawned workers, to size what the
+start-up costs; it has no target.
 Exit status 1 if a target is missed.
 """
 from __future__ import annotations
@@ -46,13 +49,17 @@ import argparse
 import cProfile
 import io
 import os
+import pickle
 import pstats
+import signal
+import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import OrderedDict
+from multiprocessing.connection import Connection
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -214,20 +221,101 @@ def quiet(budget, limit=0.3) -> float:
         budget["waited"] += meter.seconds
 
 
-def worker_start_seconds(repeats=3) -> float:
-    """A bare interpreter importing what a worker imports (torch, abgraph, the example)."""
-    code = "import torch, abgraph, abgraph.executors.worker, abgraph.ablation"
+IMPORTS = """
+import time, sys
+t0 = time.perf_counter()
+import torch
+t1 = time.perf_counter()
+import abgraph, abgraph.executors.worker, abgraph.ablation
+t2 = time.perf_counter()
+sys.path.insert(0, sys.argv[1])
+import loco_breast_cancer as example
+t3 = time.perf_counter()
+torch.set_num_threads(1)
+data = abgraph.ablation.PandasDataset(example.breast_cancer(), "target")
+calls = []
+for _ in range(2):
+    start = time.perf_counter()
+    model = example.base_model_generator()
+    example.training_fn(lambda: data, lambda: model)
+    calls.append(time.perf_counter() - start)
+print(t1 - t0, t2 - t1, t3 - t2, calls[0] - calls[1])
+"""
+
+
+def worker_imports(repeats=3) -> dict:
+    """What a spawned worker pays before it trains at full speed, in a fresh
+    interpreter: the interpreter and torch, abgraph (when it starts), the example
+    module (when its first task unpickles `training_fn`, which lives there), and
+    the first `training_fn` call's extra time over the second (torch imports
+    modules such as torch._dynamo lazily, at the first optimizer step)."""
     timings = []
     for _ in range(repeats):
         start = time.perf_counter()
-        subprocess.run([sys.executable, "-c", code], check=True)
-        timings.append(time.perf_counter() - start)
-    return statistics.median(timings)
+        done = subprocess.run([sys.executable, "-c", IMPORTS, str(HERE.parent / "examples")],
+                              check=True, capture_output=True, text=True)
+        total = time.perf_counter() - start
+        torch_s, abgraph_s, example_s, first_s = (float(v) for v in done.stdout.split())
+        timings.append({"import torch": torch_s, "abgraph": abgraph_s,
+                        "the example module": example_s, "first training_fn call": first_s})
+    return {key: statistics.median(t[key] for t in timings) for key in timings[0]}
+
+
+# --------------------------------------------------------------------------- what-if: forked workers
+
+class _Forked:
+    """The part of `subprocess.Popen` that ProcessExecutor uses, for a forked pid."""
+
+    def __init__(self, pid):
+        self.pid = pid
+
+    def send_signal(self, number):
+        os.kill(self.pid, number)
+
+    def kill(self):
+        os.kill(self.pid, signal.SIGKILL)
+
+    def wait(self, timeout=None):
+        end = None if timeout is None else time.monotonic() + timeout
+        while True:
+            pid, status = os.waitpid(self.pid, 0 if end is None else os.WNOHANG)
+            if pid:
+                return os.waitstatus_to_exitcode(status)
+            if time.monotonic() > end:
+                raise subprocess.TimeoutExpired("worker", timeout)
+            time.sleep(0.01)
+
+
+class ForkedProcessExecutor(dg.ProcessExecutor):
+    """A PROTOTYPE for `--what-if-fork`, not a proposal of code: ProcessExecutor
+    with its workers forked from this process (torch, abgraph and the example
+    already imported) instead of spawned. It overrides a private method, so it may
+    break when process.py changes; it only measures what fork would save."""
+
+    def _start(self, worker):
+        ours, theirs = socket.socketpair()
+        pid = os.fork()
+        if pid == 0:   # the child: serve tasks like `python -m abgraph.executors.worker`
+            ours.close()
+            signal.signal(signal.SIGINT, signal.SIG_IGN)
+            try:
+                from abgraph.executors.worker import serve
+                serve(theirs.detach())
+            finally:
+                os._exit(0)
+        theirs.close()
+        worker.process = _Forked(pid)
+        worker.connection = Connection(ours.detach())
+        worker.connection.send_bytes(pickle.dumps({
+            "objects": self.objects_root, "device": worker.device, "threads": self.threads,
+            "cache_size": self.cache_size, "sys_path": [p for p in sys.path if p]}))
+        worker.ready = False
+        worker.mirror.clear()
 
 
 # --------------------------------------------------------------------------- the benchmark
 
-def one_repeat(repeat, df, seeds, parent, budget):
+def one_repeat(repeat, df, seeds, parent, budget, fork=False):
     """Baseline, serial and process once each (order rotated per repeat), plus the re-run."""
     out, metrics = {}, {}
 
@@ -258,11 +346,18 @@ def one_repeat(repeat, df, seeds, parent, budget):
         out["process"], out["process_nodes"] = meter, sum(report.durations.values())
         out["timeline"] = worker_timeline(result, started)
 
-    steps = [baseline, serial, process]
+    def forked():
+        folder = Path(tempfile.mkdtemp(prefix="fork-", dir=parent)) / "study"
+        quiet(budget)
+        with Meter() as meter:
+            metrics["fork"], _, _ = run_study(folder, df, seeds, ForkedProcessExecutor(workers=WORKERS))
+        out["fork"] = meter
+
+    steps = [baseline, serial, process] + ([forked] if fork else [])
     shift = repeat % len(steps)
     for step in steps[shift:] + steps[:shift]:
         step()
-    for name in ("serial", "process", "rerun"):
+    for name in ("serial", "process", "rerun") + (("fork",) if fork else ()):
         if metrics[name] != metrics["baseline"]:
             different = {k: (v, metrics[name].get(k)) for k, v in metrics["baseline"].items()
                          if metrics[name].get(k) != v}
@@ -270,7 +365,8 @@ def one_repeat(repeat, df, seeds, parent, budget):
     print(f"  repeat {repeat + 1}: baseline {out['baseline'].seconds:6.2f} s, serial "
           f"{out['serial'].seconds:6.2f} s, process {out['process'].seconds:6.2f} s, re-run "
           f"{out['rerun'].seconds:5.2f} s ({out['rerun'].executed} executed)   others: "
-          + ", ".join(f"{k} {out[k].others:.2f}" for k in ("baseline", "serial", "process")) + " cores",
+          + ", ".join(f"{k} {out[k].others:.2f}" for k in ("baseline", "serial", "process")) + " cores"
+          + (f"; what-if fork {out['fork'].seconds:.2f} s (others {out['fork'].others:.2f})" if fork else ""),
           flush=True)
     return out
 
@@ -306,6 +402,8 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads in this process")
     parser.add_argument("--dir", default=None, help="where the temporary folders go")
     parser.add_argument("--profile", action="store_true", help="also cProfile one serial study")
+    parser.add_argument("--what-if-fork", action="store_true",
+                        help="also time a prototype ProcessExecutor whose workers are forked (no target)")
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
     seeds = list(range(args.seeds)) if args.seeds else [0, 1] if args.quick else example.SEEDS
@@ -317,13 +415,15 @@ def main(argv=None) -> int:
           f"seeds = {runs} runs of training_fn; {repeats} repeat(s); torch threads {args.threads}; "
           f"{os.cpu_count()} CPUs; load average {os.getloadavg()[0]:.1f}")
     print(f"python {sys.version.split()[0]}, torch {torch.__version__}, abgraph {dg.__version__}")
-    start = worker_start_seconds()
-    print(f"a bare interpreter importing torch and abgraph (what each worker pays first): {start:.2f} s")
+    imports = worker_imports()
+    start = sum(imports.values())
+    print("what each spawned worker pays before it trains at full speed: "
+          + ", ".join(f"{k} {v:.2f} s" for k, v in imports.items()) + f" (in all {start:.2f} s)")
 
     run_baseline(df, seeds[:1])   # warm-up: first calls of the kernels, the allocator, the caches
     with tempfile.TemporaryDirectory(prefix="abgraph-bench-ablation-", dir=args.dir) as parent:
         budget = {"seconds": args.wait, "waited": 0.0}
-        results = [one_repeat(r, df, seeds, parent, budget) for r in range(repeats)]
+        results = [one_repeat(r, df, seeds, parent, budget, args.what_if_fork) for r in range(repeats)]
 
         def med(key, attr="seconds"):
             return statistics.median(getattr(r[key], attr) if attr else r[key] for r in results)
@@ -354,14 +454,23 @@ def main(argv=None) -> int:
               f"{serial_nodes:.2f} s in all (training plus storing each node), the rest "
               f"({serial - serial_nodes:.2f} s) is building, checking and recording the study")
         ideal = baseline / WORKERS
-        timeline = results[len(results) // 2]["timeline"]
+        timeline = sorted(results, key=lambda r: r["process"].seconds)[len(results) // 2]["timeline"]
         print(f"  process: ideal {WORKERS}-way split of the baseline {ideal:.2f} s (ratio "
               f"{ideal / baseline:.2f}); the nodes ran for {process_nodes:.2f} s in all in the workers "
               f"({process_nodes / max(serial_nodes, 1e-9):.2f}x the serial nodes); each worker first "
-              f"pays about {start:.2f} s of imports")
+              f"pays about {start:.2f} s (above), so expect about {start + ideal:.2f} s (ratio "
+              f"{(start + ideal) / baseline:.2f}) on 2 free cores")
         for first, extra, count in timeline:
             print(f"    a worker: first trial started {first:.2f} s after run(), its first trial took "
                   f"{extra:+.2f} s longer than its others, {count} trials")
+        if args.what_if_fork:
+            fork = med("fork")
+            print(f"  what-if: the same ProcessExecutor with forked workers (a prototype in this script): "
+                  f"{fork:.2f} s, ratio {fork / baseline:.3f}; other processes used up to "
+                  f"{max(r['fork'].others for r in results):.2f} cores meanwhile. The children skip the "
+                  "imports and, since this driver has trained already, torch's lazy imports too; a fresh "
+                  "user script would still pay those once per worker unless the driver made them before "
+                  "forking")
         print(f"  waited {budget['waited']:.0f} s in all for other processes to go quiet")
         if args.profile or not ok_serial:
             profile_serial(df, seeds, parent)

@@ -188,7 +188,8 @@ def test_where_by_state_and_recipe_properties(graph, ids):
     assert nodes.where(lr=lambda lr: lr > 0.1).ids == [ids["train:0.5"]]
     assert id_set(nodes.where(recipe="Train")) == expect(ids, "train:0.05", "train:0.5")
     assert len(nodes.where(status="done")) == 5
-    assert nodes.where(no_such_property=1) == []
+    with pytest.raises(ValueError, match="no node here has a property 'no_such_property'"):
+        nodes.where(no_such_property=1)  # a typo is an error, not an empty answer
     assert (nodes.filter("pruned") & nodes.where(lr=0.5)) == []  # lr is the parent's recipe property
 
 

@@ -22,7 +22,10 @@ class Recipe:
     REQUIRES: tuple = ()
     VERSION = None
 
-    def __init__(self, **properties):
+    def __init__(self, *positional, **properties):
+        if positional:
+            raise TypeError(f"{type(self).__name__} takes its properties as keywords: "
+                            f"{type(self).__name__}({', '.join(f'{p}=...' for p in self.PROPERTIES)})")
         unknown = [name for name in properties if name not in self.PROPERTIES]
         if unknown:
             raise TypeError(f"{type(self).__name__} got unknown propert{'ies' if len(unknown) > 1 else 'y'} "
