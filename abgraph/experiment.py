@@ -152,7 +152,8 @@ class Experiment:
 
         progress_line = Progress(len(self._nodes), len(state.cached), progress)
         with self._run_lock():
-            executor.open(self.objects)
+            if state.kinds:  # nothing to run: start no workers
+                executor.open(self.objects)
             try:
                 report = driver.drive(state, executor, make_task, accept, write_records, make_blocked,
                                       progress_line, lambda n: self._nodes[n].recipe_name)

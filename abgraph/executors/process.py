@@ -93,7 +93,11 @@ class ProcessExecutor(Executor):
 
     # -- lifecycle -----------------------------------------------------------
     def open(self, objects) -> None:
+        """Start every worker now: they import torch in parallel while the run begins."""
         self.objects_root = str(objects.root)
+        for worker in self.workers:
+            if worker.process is None:
+                self._start(worker)
 
     def _start(self, worker: _ProcessWorker) -> None:
         ours, theirs = socket.socketpair()
@@ -106,14 +110,14 @@ class ProcessExecutor(Executor):
         worker.connection.send_bytes(pickle.dumps({
             "objects": self.objects_root, "device": worker.device, "threads": self.threads,
             "cache_size": self.cache_size, "sys_path": [p for p in sys.path if p]}))
-        worker.ready = False
+        worker.used = False
         worker.mirror.clear()
 
     def close(self, cancel: bool = False) -> None:
         for worker in self.workers:
             if worker.process is None:
                 continue
-            if cancel:
+            if cancel or not worker.used:  # a worker that never ran a task has nothing to finish
                 worker.process.send_signal(signal.SIGTERM)
             worker.connection.close()
         deadline = time.monotonic() + (2 if cancel else 10)
@@ -137,12 +141,9 @@ class ProcessExecutor(Executor):
         return [w for w in self.workers if w.task is None]
 
     def submit(self, worker, task) -> None:
-        if worker.process is None:
-            # start every missing worker at once: they import torch in parallel
-            for other in self.workers:
-                if other.process is None:
-                    self._start(other)
-        worker.task, worker.started = task, time.time()
+        if worker.process is None:  # it died: a fresh one replaces it
+            self._start(worker)
+        worker.task, worker.started, worker.used = task, time.time(), True
         worker.remember(task)
         try:
             message = serialization.dumps(task)

@@ -36,7 +36,10 @@ def serve(fd: int) -> None:
     from .task import StateCache, execute
     objects = ObjectStore(settings["objects"])
     cache = StateCache(settings["cache_size"])
-    connection.send_bytes(b"ready")
+    try:
+        connection.send_bytes(b"ready")
+    except OSError:
+        return  # the run ended before this worker was needed
     while True:
         try:
             message = connection.recv_bytes()
@@ -58,3 +61,7 @@ if __name__ == "__main__":
     _die_with_parent()
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
     serve(int(sys.argv[1]))
+    # Every result is sent: skip the interpreter's slow teardown of torch's objects.
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
