@@ -14,7 +14,7 @@ from .executors.progress import Progress
 from .executors.task import Task, record_for
 from .graph import ExperimentGraph
 from .state import ExperimentState, StatePromise
-from .store import OBJECTS_NAME, Index, ObjectStore
+from .store import OBJECTS_NAME, Index, ObjectStore, open_store
 
 LOCK_NAME = ".abgraph.lock"
 
@@ -36,9 +36,13 @@ class PlannedNode:
 
 class Experiment:
     """One folder, one DAG of states. Build it with `spawn_new_tree` and recipes,
-    then `run()`; come back later with `Experiment.restore(folder)`."""
+    then `run()`; come back later with `Experiment.restore(folder)`.
 
-    def __init__(self, directory, state_class=ExperimentState):
+    `objects` puts the payload blobs elsewhere than `directory/objects`: a folder
+    every machine of a cluster reaches, or an fsspec URL (``s3://bucket/exp``).
+    """
+
+    def __init__(self, directory, state_class=ExperimentState, objects=None):
         if not (isinstance(state_class, type) and issubclass(state_class, ExperimentState)):
             raise TypeError(f"state_class must be a subclass of abgraph.ExperimentState, "
                             f"not {state_class!r}")
@@ -46,7 +50,7 @@ class Experiment:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.state_class = state_class
         self.index = Index(self.directory, create=True)
-        self.objects = ObjectStore(self.directory / OBJECTS_NAME)
+        self.objects = _objects(self.index, self.directory, objects)
         self._nodes: dict[str, PlannedNode] = {}
         self._tags: list[str] = []
         self._graph = None
@@ -190,7 +194,7 @@ class Experiment:
         index = Index(directory)  # raises if this is not an experiment
         experiment = cls.__new__(cls)
         experiment.directory, experiment.index = directory, index
-        experiment.objects = ObjectStore(directory / OBJECTS_NAME)
+        experiment.objects = _objects(index, directory, None)
         experiment._nodes, experiment._tags, experiment._graph = {}, [], None
         # Without a state_class, nodes are generic ExperimentStates: importing the
         # class the index names would run someone's code just to browse.
@@ -203,3 +207,15 @@ class Experiment:
 
     def __repr__(self):
         return f"<Experiment {self.directory} ({len(self._nodes)} nodes built)>"
+
+
+def _objects(index: Index, directory: Path, location):
+    """The experiment's blobs: `directory/objects` unless the experiment was made
+    with another location (a shared folder or an fsspec URL), kept in the index."""
+    recorded = index.meta("objects")
+    if location is not None and recorded is not None and str(location) != recorded:
+        raise ValueError(f"{directory} keeps its blobs in {recorded}, not {location}")
+    if location is not None and recorded is None:
+        index.set_meta("objects", str(location))
+    location = recorded or location
+    return open_store(location) if location is not None else ObjectStore(directory / OBJECTS_NAME)

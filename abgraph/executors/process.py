@@ -94,7 +94,7 @@ class ProcessExecutor(Executor):
     # -- lifecycle -----------------------------------------------------------
     def open(self, objects) -> None:
         """Start every worker now: they import torch in parallel while the run begins."""
-        self.objects_root = str(objects.root)
+        self.objects_root = objects.location
         for worker in self.workers:
             if worker.process is None:
                 self._start(worker)

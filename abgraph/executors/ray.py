@@ -20,7 +20,7 @@ def _run_on_ray(message: bytes, objects_root: str, num_gpus: float):
     global _cache
     import ray
 
-    from ..store import ObjectStore
+    from ..store import open_store
     if _cache is None:
         _cache = StateCache(capacity=2)
     device = "cpu"
@@ -28,7 +28,7 @@ def _run_on_ray(message: bytes, objects_root: str, num_gpus: float):
         device = "cuda:0"  # Ray sets CUDA_VISIBLE_DEVICES to the GPUs it granted
         assert ray.get_gpu_ids(), "Ray granted no GPU"
     task = serialization.loads(message)
-    return execute(task, ObjectStore(objects_root), _cache, device)
+    return execute(task, open_store(objects_root), _cache, device)
 
 
 class RayExecutor(Executor):
@@ -58,7 +58,7 @@ class RayExecutor(Executor):
         if not ray.is_initialized():
             ray.init(address=self.address, log_to_driver=False, **self.init_kwargs)
             self._started_ray = True
-        self.objects_root = str(self.store or objects.root)
+        self.objects_root = str(self.store or objects.location)
         cpus = ray.cluster_resources().get("CPU", 1)
         slots = self.max_in_flight or max(1, int(2 * cpus / max(self.num_cpus, 0.01)))
         self.slots = [Worker(f"ray-{i}", "cuda" if self.num_gpus else "cpu") for i in range(slots)]

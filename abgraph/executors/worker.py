@@ -32,9 +32,9 @@ def serve(fd: int) -> None:
     sys.path[:0] = [p for p in settings["sys_path"] if p not in sys.path]
     import torch
     torch.set_num_threads(settings["threads"])
-    from ..store import ObjectStore
+    from ..store import open_store
     from .task import StateCache, execute
-    objects = ObjectStore(settings["objects"])
+    objects = open_store(settings["objects"])
     cache = StateCache(settings["cache_size"])
     try:
         connection.send_bytes(b"ready")

@@ -36,7 +36,7 @@ def verify(index, objects) -> VerifyReport:
     for digest in objects.digests():
         present.add(digest)
         report.blobs += 1
-        if blob_digest(objects._read(objects.path(digest))) != digest:
+        if blob_digest(objects._read(digest)) != digest:
             report.corrupted.append(digest)
     needs = referenced(index)
     used = set().union(*needs.values()) if needs else set()
@@ -64,8 +64,7 @@ def collect_garbage(directory, index, objects, lock_name) -> tuple[int, int]:
                 if digest not in used:
                     freed += objects.delete(digest)
                     deleted += 1
-            for temporary in objects.root.glob("*/.tmp-*"):
-                temporary.unlink(missing_ok=True)  # left by a killed writer
+            objects.remove_temporary()  # left by a killed writer
             return deleted, freed
         finally:
             fcntl.flock(handle, fcntl.LOCK_UN)

@@ -16,10 +16,11 @@ def blob_digest(data) -> str:
 
 
 class ObjectStore:
-    """Blobs keyed by the sha256 of their bytes.
+    """Blobs keyed by the sha256 of their bytes, in a local (or shared) folder.
 
-    Subclass and override `_write`, `_read`, `exists`, `digests` and `delete` for
-    another medium; the policy (immutability, atomic writes, checks) lives here.
+    The policy (immutability, one write per blob, checks on read) lives here; a
+    medium overrides the primitives `_write`, `_read`, `exists`, `digests`,
+    `delete` and `size`, all keyed by digest (see `FsspecObjectStore`).
     """
 
     def __init__(self, root):
@@ -28,31 +29,34 @@ class ObjectStore:
         self._present: set[str] = set()
         self._folders: set[str] = set()
 
-    def path(self, digest: str) -> Path:
-        return self.root / digest[:2] / digest[2:]
+    @property
+    def location(self) -> str:
+        """What another process (a worker) passes to `open_store` to reach these blobs."""
+        return str(self.root)
 
     def put(self, data, digest: str | None = None) -> str:
         """Store `data` once; a blob that exists is never rewritten."""
         digest = digest or blob_digest(data)
         if digest not in self._present:
             if not self.exists(digest):
-                if digest[:2] not in self._folders:
-                    self.path(digest).parent.mkdir(exist_ok=True)
-                    self._folders.add(digest[:2])
-                self._write(self.path(digest), data)
+                self._write(digest, data)
             self._present.add(digest)
         return digest
 
     def get(self, digest: str, size: int | None = None, verify: bool = False) -> bytearray:
         try:
-            data = self._read(self.path(digest))
+            data = self._read(digest)
         except FileNotFoundError:
-            raise BlobError(f"blob {digest} is missing from {self.root}; "
+            raise BlobError(f"blob {digest} is missing from {self.location}; "
                             "run `abgraph verify` on the experiment") from None
         if (size is not None and len(data) != size) or (verify and blob_digest(data) != digest):
-            raise BlobError(f"blob {digest} in {self.root} is corrupted "
+            raise BlobError(f"blob {digest} in {self.location} is corrupted "
                             f"({len(data)} bytes); run `abgraph verify` on the experiment")
         return data
+
+    # -- the primitives of a medium ----------------------------------------------
+    def path(self, digest: str) -> Path:
+        return self.root / digest[:2] / digest[2:]
 
     def exists(self, digest: str) -> bool:
         return self.path(digest).exists()
@@ -74,10 +78,18 @@ class ObjectStore:
     def size(self, digest: str) -> int:
         return self.path(digest).stat().st_size
 
-    @staticmethod
-    def _write(path: Path, data) -> None:
+    def remove_temporary(self) -> None:
+        """Delete what a killed writer left half-written (never a blob)."""
+        for temporary in self.root.glob("*/.tmp-*"):
+            temporary.unlink(missing_ok=True)
+
+    def _write(self, digest: str, data) -> None:
         """Write to a temporary name in the same folder, then rename: readers see
         the whole blob or none of it, whatever kills the writer."""
+        path = self.path(digest)
+        if digest[:2] not in self._folders:
+            path.parent.mkdir(exist_ok=True)
+            self._folders.add(digest[:2])
         temporary = path.parent / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"
         try:
             with open(temporary, "wb") as handle:
@@ -87,9 +99,76 @@ class ObjectStore:
             temporary.unlink(missing_ok=True)
             raise
 
-    @staticmethod
-    def _read(path: Path) -> bytearray:
-        with open(path, "rb") as handle:
+    def _read(self, digest: str) -> bytearray:
+        with open(self.path(digest), "rb") as handle:
             data = bytearray(os.fstat(handle.fileno()).st_size)
             handle.readinto(data)
         return data
+
+
+class FsspecObjectStore(ObjectStore):
+    """Blobs behind an fsspec URL (``s3://bucket/exp/objects``, ``gs://…``,
+    ``file:///shared/…``), for clusters whose nodes share no filesystem.
+    Needs `fsspec` and the protocol's package (s3fs, gcsfs…)."""
+
+    def __init__(self, url: str):
+        try:
+            import fsspec
+        except ImportError as error:
+            raise ImportError(f"{url}: remote object stores need fsspec (pip install fsspec)") from error
+        self.url = url
+        self.fs, root = fsspec.core.url_to_fs(url)
+        self.root = root.rstrip("/")
+        self.fs.makedirs(self.root, exist_ok=True)
+        self._present, self._folders = set(), set()
+
+    @property
+    def location(self) -> str:
+        return self.url
+
+    def path(self, digest: str) -> str:
+        return f"{self.root}/{digest[:2]}/{digest[2:]}"
+
+    def exists(self, digest: str) -> bool:
+        return self.fs.exists(self.path(digest))
+
+    def digests(self):
+        prefix = len(self.root) + 1
+        for key in sorted(self.fs.find(self.root)):
+            name = key[prefix:]
+            if len(name) > 3 and name[2] == "/" and not name[3:].startswith(".tmp"):
+                yield name[:2] + name[3:]
+
+    def delete(self, digest: str) -> int:
+        size = self.size(digest)
+        self.fs.rm_file(self.path(digest))
+        self._present.discard(digest)
+        return size
+
+    def size(self, digest: str) -> int:
+        return self.fs.size(self.path(digest))
+
+    def remove_temporary(self) -> None:
+        for key in self.fs.find(self.root):
+            if "/.tmp-" in key:
+                self.fs.rm_file(key)
+
+    def _write(self, digest: str, data) -> None:
+        """Upload under a temporary key, then move: object stores make the upload
+        atomic, the move makes it so on filesystems too."""
+        folder = f"{self.root}/{digest[:2]}"
+        if digest[:2] not in self._folders:
+            self.fs.makedirs(folder, exist_ok=True)
+            self._folders.add(digest[:2])
+        temporary = f"{folder}/.tmp-{os.getpid()}-{uuid.uuid4().hex}"
+        self.fs.pipe_file(temporary, bytes(data))
+        self.fs.mv(temporary, self.path(digest))
+
+    def _read(self, digest: str) -> bytearray:
+        return bytearray(self.fs.cat_file(self.path(digest)))
+
+
+def open_store(location) -> ObjectStore:
+    """An object store from a folder path or an fsspec URL."""
+    location = str(location)
+    return FsspecObjectStore(location) if "://" in location else ObjectStore(location)
