@@ -480,7 +480,8 @@ def main(argv=None) -> int:
         print(f"| baseline: plain PyTorch loop ({runs} runs) | {baseline:.2f} | 1.000 | | |")
         print(f"| `SerialExecutor` | {serial:.2f} | {ratio_serial:.3f} | ≤ {TARGET_SERIAL} | "
               f"{verdict(ok_serial)} |")
-        print(f"| `ProcessExecutor(workers=2)` | {process:.2f} | {ratio_process:.3f} | ≤ {TARGET_PROCESS} | "
+        print(f"| `ProcessExecutor(workers=2)` | {process:.2f} | {ratio_process:.3f} | "
+              f"≤ {TARGET_PROCESS} | "
               f"{verdict(ok_process)} |")
         print(f"| re-run (finished study) | {rerun:.2f} | {rerun / baseline:.3f} | 0 executed | "
               f"{verdict(ok_rerun)} ({executed} executed) |")

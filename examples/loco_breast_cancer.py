@@ -21,7 +21,6 @@ import sys
 from collections import OrderedDict
 from pathlib import Path
 
-import torch
 from sklearn.datasets import load_breast_cancer
 from torch import nn
 
@@ -93,7 +92,6 @@ def make_study(folder, df):
 
 def main(folder):
     folder = Path(folder)
-    torch.set_num_threads(1)     # tiny model: threads only add overhead
     ablation_study = make_study(folder, breast_cancer())
     ablation_study.features.list_all()
     ablation_study.model.layers.list_all()

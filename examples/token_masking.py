@@ -26,8 +26,8 @@ each trial.
 
     python examples/token_masking.py [FOLDER]    (default: runs/token_masking)
 
-ABGRAPH_QUICK=1 runs 2 seeds instead of 3, on 400 sentences instead of 800. Writes ablation.csv and ablation.pdf
-into FOLDER.
+ABGRAPH_QUICK=1 runs 2 seeds instead of 3, on 400 sentences instead of 800.
+Writes ablation.csv and ablation.pdf into FOLDER.
 """
 import os
 import random

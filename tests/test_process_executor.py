@@ -26,7 +26,6 @@ from conftest import cli_command
 
 pytestmark = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="uses /proc and signals")
 
-WORKER_MODULE = b"abgraph.executors.worker"
 TIMEOUT = 90  # seconds, for one script run; none should come close
 
 # What every script starts with: a state, recipes, and a way to print the report.
@@ -211,17 +210,14 @@ def alive(pid) -> bool:
 
 
 def worker_children(parent_pid) -> list:
-    """Live abgraph worker processes whose parent is `parent_pid`."""
+    """Live child processes of the driver `parent_pid`: its workers, forked or fresh
+    (a forked worker shares the driver's command line, so children are counted)."""
     found = []
     for entry in os.listdir("/proc"):
         if not entry.isdigit():
             continue
         stat = _stat(entry)
-        try:
-            command = Path(f"/proc/{entry}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if stat and stat[1] == parent_pid and WORKER_MODULE in command and alive(entry):
+        if stat and stat[1] == parent_pid and alive(entry):
             found.append(int(entry))
     return found
 
@@ -627,3 +623,19 @@ def test_chain_loads_parent_payload_from_disk_at_most_once(chain_run):
 
 def test_serial_executor_is_still_available():
     assert SerialExecutor().idle()[0].name == "main"
+
+
+def test_fresh_interpreter_workers_still_work(tmp_path):
+    """`start="fresh"` (what a GPU box, a notebook or a threaded driver gets) runs
+    the same study in new interpreters that never import the user's script."""
+    script = write_script(tmp_path, '''
+        exp = ab.Experiment(sys.argv[1], state_class=State)
+        root = exp.spawn_new_tree(seed=0)
+        for lr in [0.1, 0.01, 0.001]:
+            Train(lr=lr, steps=2)(root)
+        finish(exp.run(ab.ProcessExecutor(workers=2, start="fresh"), progress=False))
+    ''')
+    result, _ = run_script(tmp_path, script, tmp_path / "exp")
+    assert result["ok"] and len(result["executed"]) == 4, result["text"]
+    pids = {r["environment"]["pid"] for r in records(tmp_path / "exp").values()}
+    assert result["driver_pid"] not in pids

@@ -49,6 +49,45 @@ def threads_per_worker(devices) -> int:
     return max(1, (os.cpu_count() or 1) // cpu_workers)
 
 
+def can_fork(devices, threads) -> bool:
+    """Forking the driver starts a worker in milliseconds instead of seconds (torch
+    is already imported), but it is only safe on Linux, before CUDA is
+    initialized here, with no other thread in this process (a notebook kernel
+    has some), and for single-threaded CPU workers (OpenMP does not survive a
+    fork). Everything else gets a fresh interpreter."""
+    import threading
+
+    import torch
+    return (sys.platform.startswith("linux") and threads == 1 and all(d == "cpu" for d in devices)
+            and not torch.cuda.is_initialized() and threading.active_count() == 1)
+
+
+class _Forked:
+    """The little of `subprocess.Popen` the executor uses, for a forked worker."""
+
+    def __init__(self, pid):
+        self.pid, self.returncode = pid, None
+
+    def wait(self, timeout=None):
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while self.returncode is None:
+            pid, status = os.waitpid(self.pid, 0 if deadline is None else os.WNOHANG)
+            if pid:
+                self.returncode = os.waitstatus_to_exitcode(status)
+            elif time.monotonic() >= deadline:
+                raise subprocess.TimeoutExpired(f"worker {self.pid}", timeout)
+            else:
+                time.sleep(0.01)
+        return self.returncode
+
+    def send_signal(self, signum):
+        if self.returncode is None:
+            os.kill(self.pid, signum)
+
+    def kill(self):
+        self.send_signal(signal.SIGKILL)
+
+
 class _ProcessWorker(Worker):
     def __init__(self, name, device, cache_size):
         super().__init__(name, device)
@@ -70,22 +109,27 @@ class _ProcessWorker(Worker):
 
 
 class ProcessExecutor(Executor):
-    """Runs nodes in `spawn`-style fresh worker processes, one per device slot.
+    """Runs nodes in worker processes, one per device slot.
 
     `devices`: e.g. ``["cuda:0", "cuda:1"]`` or ``["cpu"] * 4``; by default one
-    worker per visible GPU, else one per core. A worker keeps the states it just
-    made (up to `cache_size`) and is given their children first. A worker that
-    dies fails its node ("worker died") and is replaced; `retries` re-runs such
-    nodes that many times.
+    worker per visible GPU, else one per core. Workers are fresh interpreters
+    (CUDA-safe, like `spawn`, but never re-running your script), or forks of
+    this process where that is safe (`can_fork`; `start="fresh"` or `"fork"`
+    decides yourself). A worker keeps the states it just made (up to
+    `cache_size`) and is given their children first. A worker that dies fails
+    its node ("worker died") and is replaced; `retries` re-runs such nodes.
     """
 
     def __init__(self, workers=None, devices=None, retries: int = 0, cache_size: int = 4,
-                 threads=None):
+                 threads=None, start="auto"):
         if workers is not None and (not isinstance(workers, int) or workers < 1):
             raise ValueError(f"workers must be a positive int, not {workers!r}")
         self.devices = assign_devices(workers, devices)
         self.threads = threads or threads_per_worker(self.devices)
         self.retries, self.cache_size = retries, cache_size
+        if start not in ("auto", "fork", "fresh"):
+            raise ValueError(f"start must be 'auto', 'fork' or 'fresh', not {start!r}")
+        self.start = start
         self.workers = [_ProcessWorker(f"worker-{i}", d, cache_size) for i, d in enumerate(self.devices)]
         self.attempts: dict = {}
         self.payload_loads = 0
@@ -101,10 +145,14 @@ class ProcessExecutor(Executor):
 
     def _start(self, worker: _ProcessWorker) -> None:
         ours, theirs = socket.socketpair()
-        env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
-        worker.process = subprocess.Popen(
-            [sys.executable, "-m", "abgraph.executors.worker", str(theirs.fileno())],
-            pass_fds=[theirs.fileno()], env=env)
+        fork = self.start == "fork" or (self.start == "auto" and can_fork(self.devices, self.threads))
+        if fork:
+            worker.process = self._fork(ours, theirs)
+        else:
+            env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
+            worker.process = subprocess.Popen(
+                [sys.executable, "-m", "abgraph.executors.worker", str(theirs.fileno())],
+                pass_fds=[theirs.fileno()], env=env)
         theirs.close()
         worker.connection = Connection(ours.detach())
         worker.connection.send_bytes(pickle.dumps({
@@ -112,6 +160,22 @@ class ProcessExecutor(Executor):
             "cache_size": self.cache_size, "sys_path": [p for p in sys.path if p]}))
         worker.used = False
         worker.mirror.clear()
+
+    def _fork(self, ours, theirs) -> _Forked:
+        sys.stdout.flush()  # or the child would print what this process buffered
+        sys.stderr.flush()
+        pid = os.fork()
+        if pid:
+            return _Forked(pid)
+        try:  # the child: keep only its own end of the socket to the driver
+            ours.close()
+            for other in self.workers:
+                if other.connection is not None:
+                    other.connection.close()
+            from .worker import main
+            main(theirs.fileno())
+        finally:
+            os._exit(1)
 
     def close(self, cancel: bool = False) -> None:
         for worker in self.workers:

@@ -84,9 +84,8 @@ def environment(device) -> dict:
         import torch
         from .. import __version__
         _ENVIRONMENT.update(python=platform.python_version(), torch=torch.__version__,
-                            abgraph=__version__, host=socket.gethostname(), pid=os.getpid(),
-                            platform=sys.platform)
-    return dict(_ENVIRONMENT, device=str(device))
+                            abgraph=__version__, host=socket.gethostname(), platform=sys.platform)
+    return dict(_ENVIRONMENT, pid=os.getpid(), device=str(device))  # a forked worker has its own pid
 
 
 def record_for(task: Task, **fields) -> NodeRecord:

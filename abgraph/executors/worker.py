@@ -56,12 +56,19 @@ def serve(fd: int) -> None:
         connection.send_bytes(pickle.dumps(("record", record, cache.loads - loads)))
 
 
-if __name__ == "__main__":
+def main(fd: int) -> None:
+    """The whole life of a worker, started fresh or forked."""
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C is the driver's to handle
     _die_with_parent()
+    try:
+        serve(fd)
+    finally:
+        # Every result is sent: skip the interpreter's slow teardown of torch's objects.
+        sys.stdout.flush()
+        sys.stderr.flush()
+        os._exit(0)
+
+
+if __name__ == "__main__":
     os.environ.setdefault("PYTHONUNBUFFERED", "1")
-    serve(int(sys.argv[1]))
-    # Every result is sent: skip the interpreter's slow teardown of torch's objects.
-    sys.stdout.flush()
-    sys.stderr.flush()
-    os._exit(0)
+    main(int(sys.argv[1]))
