@@ -4,7 +4,6 @@
     python benchmarks/bench_ablation.py             # 3 repeats (the figures in README.md)
     python benchmarks/bench_ablation.py --quick     # 1 repeat, 2 seeds
     python benchmarks/bench_ablation.py --profile   # also cProfile one SerialExecutor study
-    python benchmarks/bench_ablation.py --what-if-fork   # also time forked workers (a prototype)
 
 The LOCO study of `examples/loco_breast_cancer.py` (10 trials x 3 seeds: the
 base, 4 features, 3 single layers, the "my_dense" prefix group and a custom
@@ -38,9 +37,7 @@ timing the benchmark waits (at most `--wait` seconds in all) until other
 processes use under 0.3 cores, and every timing prints how many cores they used
 meanwhile ("others"); the process figure is the first to suffer from them.
 `--seeds N` runs the same study with seeds 0..N-1 (more training per worker
-start-up). `--what-if-fork` also times a prototype (in this script) of
-ProcessExecutor with forked instead of spawned workers, to size what the
-start-up costs; it has no target.
+start-up).
 Exit status 1 if a target is missed.
 """
 from __future__ import annotations
@@ -49,17 +46,13 @@ import argparse
 import cProfile
 import io
 import os
-import pickle
 import pstats
-import signal
-import socket
 import statistics
 import subprocess
 import sys
 import tempfile
 import time
 from collections import OrderedDict
-from multiprocessing.connection import Connection
 from pathlib import Path
 
 HERE = Path(__file__).resolve().parent
@@ -261,61 +254,9 @@ def worker_imports(repeats=3) -> dict:
     return {key: statistics.median(t[key] for t in timings) for key in timings[0]}
 
 
-# --------------------------------------------------------------------------- what-if: forked workers
-
-class _Forked:
-    """The part of `subprocess.Popen` that ProcessExecutor uses, for a forked pid."""
-
-    def __init__(self, pid):
-        self.pid = pid
-
-    def send_signal(self, number):
-        os.kill(self.pid, number)
-
-    def kill(self):
-        os.kill(self.pid, signal.SIGKILL)
-
-    def wait(self, timeout=None):
-        end = None if timeout is None else time.monotonic() + timeout
-        while True:
-            pid, status = os.waitpid(self.pid, 0 if end is None else os.WNOHANG)
-            if pid:
-                return os.waitstatus_to_exitcode(status)
-            if time.monotonic() > end:
-                raise subprocess.TimeoutExpired("worker", timeout)
-            time.sleep(0.01)
-
-
-class ForkedProcessExecutor(dg.ProcessExecutor):
-    """A PROTOTYPE for `--what-if-fork`, not a proposal of code: ProcessExecutor
-    with its workers forked from this process (torch, abgraph and the example
-    already imported) instead of spawned. It overrides a private method, so it may
-    break when process.py changes; it only measures what fork would save."""
-
-    def _start(self, worker):
-        ours, theirs = socket.socketpair()
-        pid = os.fork()
-        if pid == 0:   # the child: serve tasks like `python -m abgraph.executors.worker`
-            ours.close()
-            signal.signal(signal.SIGINT, signal.SIG_IGN)
-            try:
-                from abgraph.executors.worker import serve
-                serve(theirs.detach())
-            finally:
-                os._exit(0)
-        theirs.close()
-        worker.process = _Forked(pid)
-        worker.connection = Connection(ours.detach())
-        worker.connection.send_bytes(pickle.dumps({
-            "objects": self.objects_root, "device": worker.device, "threads": self.threads,
-            "cache_size": self.cache_size, "sys_path": [p for p in sys.path if p]}))
-        worker.ready = False
-        worker.mirror.clear()
-
-
 # --------------------------------------------------------------------------- the benchmark
 
-def one_repeat(repeat, df, seeds, parent, budget, fork=False):
+def one_repeat(repeat, df, seeds, parent, budget):
     """Baseline, serial and process once each (order rotated per repeat), plus the re-run."""
     out, metrics = {}, {}
 
@@ -346,18 +287,11 @@ def one_repeat(repeat, df, seeds, parent, budget, fork=False):
         out["process"], out["process_nodes"] = meter, sum(report.durations.values())
         out["timeline"] = worker_timeline(result, started)
 
-    def forked():
-        folder = Path(tempfile.mkdtemp(prefix="fork-", dir=parent)) / "study"
-        quiet(budget)
-        with Meter() as meter:
-            metrics["fork"], _, _ = run_study(folder, df, seeds, ForkedProcessExecutor(workers=WORKERS))
-        out["fork"] = meter
-
-    steps = [baseline, serial, process] + ([forked] if fork else [])
+    steps = [baseline, serial, process]
     shift = repeat % len(steps)
     for step in steps[shift:] + steps[:shift]:
         step()
-    for name in ("serial", "process", "rerun") + (("fork",) if fork else ()):
+    for name in ("serial", "process", "rerun"):
         if metrics[name] != metrics["baseline"]:
             different = {k: (v, metrics[name].get(k)) for k, v in metrics["baseline"].items()
                          if metrics[name].get(k) != v}
@@ -365,8 +299,7 @@ def one_repeat(repeat, df, seeds, parent, budget, fork=False):
     print(f"  repeat {repeat + 1}: baseline {out['baseline'].seconds:6.2f} s, serial "
           f"{out['serial'].seconds:6.2f} s, process {out['process'].seconds:6.2f} s, re-run "
           f"{out['rerun'].seconds:5.2f} s ({out['rerun'].executed} executed)   others: "
-          + ", ".join(f"{k} {out[k].others:.2f}" for k in ("baseline", "serial", "process")) + " cores"
-          + (f"; what-if fork {out['fork'].seconds:.2f} s (others {out['fork'].others:.2f})" if fork else ""),
+          + ", ".join(f"{k} {out[k].others:.2f}" for k in ("baseline", "serial", "process")) + " cores",
           flush=True)
     return out
 
@@ -402,8 +335,6 @@ def main(argv=None) -> int:
     parser.add_argument("--threads", type=int, default=1, help="torch threads in this process")
     parser.add_argument("--dir", default=None, help="where the temporary folders go")
     parser.add_argument("--profile", action="store_true", help="also cProfile one serial study")
-    parser.add_argument("--what-if-fork", action="store_true",
-                        help="also time a prototype ProcessExecutor whose workers are forked (no target)")
     args = parser.parse_args(argv)
     repeats = args.repeats or (1 if args.quick else 3)
     seeds = list(range(args.seeds)) if args.seeds else [0, 1] if args.quick else example.SEEDS
@@ -423,7 +354,7 @@ def main(argv=None) -> int:
     run_baseline(df, seeds[:1])   # warm-up: first calls of the kernels, the allocator, the caches
     with tempfile.TemporaryDirectory(prefix="abgraph-bench-ablation-", dir=args.dir) as parent:
         budget = {"seconds": args.wait, "waited": 0.0}
-        results = [one_repeat(r, df, seeds, parent, budget, args.what_if_fork) for r in range(repeats)]
+        results = [one_repeat(r, df, seeds, parent, budget) for r in range(repeats)]
 
         def med(key, attr="seconds"):
             return statistics.median(getattr(r[key], attr) if attr else r[key] for r in results)
@@ -463,14 +394,6 @@ def main(argv=None) -> int:
         for first, extra, count in timeline:
             print(f"    a worker: first trial started {first:.2f} s after run(), its first trial took "
                   f"{extra:+.2f} s longer than its others, {count} trials")
-        if args.what_if_fork:
-            fork = med("fork")
-            print(f"  what-if: the same ProcessExecutor with forked workers (a prototype in this script): "
-                  f"{fork:.2f} s, ratio {fork / baseline:.3f}; other processes used up to "
-                  f"{max(r['fork'].others for r in results):.2f} cores meanwhile. The children skip the "
-                  "imports and, since this driver has trained already, torch's lazy imports too; a fresh "
-                  "user script would still pay those once per worker unless the driver made them before "
-                  "forking")
         print(f"  waited {budget['waited']:.0f} s in all for other processes to go quiet")
         if args.profile or not ok_serial:
             profile_serial(df, seeds, parent)
