@@ -211,7 +211,7 @@ class StudyResult:
             axes.plot([row.diff], [y], marker="o", markersize=6, color=color,
                       markerfacecolor=color if significant else "white", markeredgewidth=1.5)
         axes.axvline(0.0, color="0.35", linewidth=0.9, linestyle="--", zorder=0)
-        axes.set_yticks(positions, [f"{row.trial} (n={row.n})" for row in table.itertuples()])
+        axes.set_yticks(positions, [f"{_shorten(row.trial)} (n={row.n})" for row in table.itertuples()])
         axes.set_ylim(-0.7, max(len(table), 1) - 0.3)
         axes.set_xlabel(f"{self.metric} difference to base (trial − base), {self.confidence:.0%} CI")
         base = self._table[self._table.trial == self.base_name]
@@ -262,3 +262,9 @@ def _p(p) -> str:
     if p is None or math.isnan(p):
         return "—"
     return "<0.001" if p < 0.001 else f"{p:.3f}"
+
+
+def _shorten(name: str, width: int = 40) -> str:
+    """Trial names listing many features would squeeze the chart: cut them (the
+    table and the DataFrame keep them whole)."""
+    return name if len(name) <= width else name[:width - 1] + "…"
