@@ -46,6 +46,7 @@ import torch
 from torch import nn
 
 import abgraph as dg
+from machine_load import Meter, quiet
 
 TARGET_SPEEDUP = 1.8      # ProcessExecutor(workers=2) over SerialExecutor, 8 branches
 TARGET_OVERHEAD_MS = 5.0  # scheduling overhead per node, trivial recipes
@@ -181,66 +182,8 @@ class WarmProcessExecutor(dg.ProcessExecutor):
 
 # --------------------------------------------------------------------------- CPU accounting
 
-TICK = os.sysconf("SC_CLK_TCK")
-
-
-def _machine_busy() -> float:
-    with open("/proc/stat") as handle:
-        fields = [int(v) for v in handle.readline().split()[1:]]
-    user, nice, system, idle, iowait, irq, softirq = fields[:7]
-    return (user + nice + system + irq + softirq) / TICK
-
-
-def _tree_cpu() -> float:
-    """CPU seconds of this process and its descendants (alive, or reaped into cutime)."""
-    parents, times = {}, {}
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            with open(f"/proc/{entry}/stat") as handle:
-                rest = handle.read().rsplit(")", 1)[1].split()
-        except OSError:
-            continue
-        parents[int(entry)] = int(rest[1])
-        times[int(entry)] = sum(int(v) for v in rest[11:15]) / TICK  # utime stime cutime cstime
-    mine, frontier = {os.getpid()}, [os.getpid()]
-    children: dict = {}
-    for pid, ppid in parents.items():
-        children.setdefault(ppid, []).append(pid)
-    while frontier:
-        for child in children.get(frontier.pop(), ()):
-            if child not in mine:
-                mine.add(child)
-                frontier.append(child)
-    return sum(times.get(pid, 0.0) for pid in mine)
-
-
-class Meter:
-    """Wall time of a block, and the CPU (in cores) that processes outside this
-    benchmark used meanwhile."""
-
-    def __enter__(self):
-        self.busy, self.tree, self.start = _machine_busy(), _tree_cpu(), time.perf_counter()
-        return self
-
-    def __exit__(self, *exc):
-        self.seconds = time.perf_counter() - self.start
-        others = (_machine_busy() - self.busy) - (_tree_cpu() - self.tree)
-        self.others = max(0.0, others / max(self.seconds, 1e-9))
-
-
 def wait_until_quiet(budget, limit=None):
-    """Wait (at most what is left of `budget["seconds"]`) until other processes use
-    under `limit` cores; return their load when we go on."""
-    limit = QUIET if limit is None else limit
-    while True:
-        with Meter() as meter:
-            time.sleep(0.5)
-        if meter.others < limit or budget["seconds"] <= 0:
-            return meter.others
-        budget["seconds"] -= meter.seconds
-        budget["waited"] += meter.seconds
+    return quiet(budget, QUIET if limit is None else limit)
 
 
 # --------------------------------------------------------------------------- running
