@@ -50,6 +50,16 @@ class ExperimentState:
         child.__dict__.update(payload)
         return child, known
 
+    def _take(self):
+        """The child takes this state's objects (no copy of the model): for a parent
+        no other node will read. Only the tensors are copied, to tell afterwards
+        which ones the recipe changed."""
+        child = type(self)._create(self._ab_properties, attributes=self._ab_attributes)
+        child.__dict__.update(self._payload())
+        known = payload_io.references(self._ab_snapshot) if self._ab_snapshot else {}
+        self.deflate()
+        return child, known
+
     # -- what users read -------------------------------------------------------
     def __getattr__(self, name):
         # Only called for attributes that are missing: say why a payload one is.

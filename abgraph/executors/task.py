@@ -139,8 +139,12 @@ def _compute(task: Task, objects, cache: StateCache, record: NodeRecord):
     else:
         inputs = [cache.get(p, d, task.state_class, task.properties, objects)
                   for p, d in zip(task.parents, task.parent_payloads)]
-        state, known = inputs[0]._fork()
         others = [other._fork()[0] for other in inputs[1:]]
+        first = task.parents[0]
+        if first not in cache.held() or first in task.release:
+            state, known = inputs[0]._take()  # no one else will use this parent object
+        else:
+            state, known = inputs[0]._fork()
         produced = task.recipe.run(state, *others)
         if not isinstance(produced, ExperimentState):
             raise RecipeResultError(

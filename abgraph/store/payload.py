@@ -222,6 +222,13 @@ def clone(payload: dict, snapshot: Snapshot | None):
     return copied, known
 
 
+def references(snapshot: Snapshot) -> dict:
+    """For a state handed over without a copy: a private copy of each saved tensor
+    to compare against once the recipe has run (in-place changes, `.data` included,
+    cannot reach it)."""
+    return {key: (obj, _clone_tensor(obj), digest) for key, (obj, digest) in snapshot.by_id.items()}
+
+
 def _clone_tensor(tensor):
     if isinstance(tensor, numpy.ndarray):
         return tensor.copy()
