@@ -43,19 +43,27 @@ class ExperimentState:
     def properties(self) -> dict:
         return dict(self._ab_properties)
 
+    def _load(self, digest, objects, verify=False):
+        """Fill the payload from the store (unpickles: trusts the experiment's author)."""
+        payload, self._ab_snapshot = payload_io.load(digest, objects, verify)
+        self.__dict__.update(payload)
+        return self
+
+    def _child(self, payload):
+        child = type(self)._create(self._ab_properties, attributes=self._ab_attributes)
+        child.__dict__.update(payload)
+        return child
+
     def _fork(self):
         """A private copy for a child, and what it shares with its parent's saved tensors."""
-        child = type(self)._create(self._ab_properties, attributes=self._ab_attributes)
         payload, known = payload_io.clone(self._payload(), self._ab_snapshot)
-        child.__dict__.update(payload)
-        return child, known
+        return self._child(payload), known
 
     def _take(self):
         """The child takes this state's objects (no copy of the model): for a parent
         no other node will read. Only the tensors are copied, to tell afterwards
         which ones the recipe changed."""
-        child = type(self)._create(self._ab_properties, attributes=self._ab_attributes)
-        child.__dict__.update(self._payload())
+        child = self._child(self._payload())
         known = payload_io.references(self._ab_snapshot) if self._ab_snapshot else {}
         self.deflate()
         return child, known
@@ -120,10 +128,7 @@ class ExperimentState:
         record = self._record()
         if record.payload is None:
             raise RuntimeError(f"node {self.id} has no payload (status {record.status})")
-        payload, snapshot = payload_io.load(record.payload, self._ab_graph.objects, verify)
-        self.__dict__.update(payload)
-        self._ab_snapshot = snapshot
-        return self
+        return self._load(record.payload, self._ab_graph.objects, verify)
 
     def deflate(self):
         """Drop the payload from memory; the slim record stays."""

@@ -185,10 +185,8 @@ def worker_imports(repeats=3) -> dict:
     modules such as torch._dynamo lazily, at the first optimizer step)."""
     timings = []
     for _ in range(repeats):
-        start = time.perf_counter()
         done = subprocess.run([sys.executable, "-c", IMPORTS, str(HERE.parent / "examples")],
                               check=True, capture_output=True, text=True)
-        total = time.perf_counter() - start
         torch_s, abgraph_s, example_s, first_s = (float(v) for v in done.stdout.split())
         timings.append({"import torch": torch_s, "abgraph": abgraph_s,
                         "the example module": example_s, "first training_fn call": first_s})

@@ -32,7 +32,6 @@ import argparse
 import contextlib
 import cProfile
 import io
-import math
 import os
 import pstats
 import statistics

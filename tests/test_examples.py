@@ -10,7 +10,6 @@ import sys
 from pathlib import Path
 
 import nbformat
-import pytest
 import torch
 from nbclient import NotebookClient
 from torch import nn

@@ -44,7 +44,7 @@ class RayExecutor(Executor):
     def __init__(self, address=None, num_cpus: float = 1, num_gpus: float = 0, store=None,
                  retries: int = 0, max_in_flight=None, **init_kwargs):
         try:
-            import ray  # noqa: F401
+            import ray  # noqa: F401  (only to fail early with a clear message)
         except ImportError as error:
             raise ImportError("RayExecutor needs Ray: pip install 'abgraph[ray]'") from error
         self.address, self.num_cpus, self.num_gpus = address, num_cpus, num_gpus

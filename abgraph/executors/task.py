@@ -15,8 +15,8 @@ from dataclasses import dataclass, field
 from ..device import using_device
 from ..identity import canonical
 from ..state import ExperimentState
-from ..store import NodeRecord
 from ..store import payload as payload_io
+from ..store import NodeRecord
 from .scheduler import COMPUTE
 
 
@@ -53,6 +53,9 @@ class StateCache:
     def held(self) -> set:
         return set(self._states)
 
+    def __contains__(self, node_id) -> bool:
+        return node_id in self._states
+
     def put(self, node_id, state) -> None:
         self._states[node_id] = state
         self._states.move_to_end(node_id)
@@ -68,12 +71,8 @@ class StateCache:
         if state is not None:
             self._states.move_to_end(node_id)
             return state
-        payload, snapshot = payload_io.load(digest, objects)
         self.loads += 1
-        state = state_class._create(properties)
-        state.__dict__.update(payload)
-        state._ab_snapshot = snapshot
-        return state
+        return state_class._create(properties)._load(digest, objects)
 
 
 _ENVIRONMENT: dict = {}
@@ -141,7 +140,7 @@ def _compute(task: Task, objects, cache: StateCache, record: NodeRecord):
                   for p, d in zip(task.parents, task.parent_payloads)]
         others = [other._fork()[0] for other in inputs[1:]]
         first = task.parents[0]
-        if first not in cache.held() or first in task.release:
+        if first not in cache or first in task.release:
             state, known = inputs[0]._take()  # no one else will use this parent object
         else:
             state, known = inputs[0]._fork()
@@ -160,8 +159,6 @@ def _compute(task: Task, objects, cache: StateCache, record: NodeRecord):
 
 def _jsonable(value, name):
     """Results and metrics live in the index as JSON: refuse what cannot be stored."""
-    if hasattr(value, "item") and callable(value.item) and getattr(value, "ndim", 1) == 0:
-        value = value.item()
     try:
         return json.loads(json.dumps(value, default=_scalar))
     except (TypeError, ValueError) as error:

@@ -162,9 +162,9 @@ class _Unpickler(dill.Unpickler):
 class _CopyPickler(pickle.Pickler):
     """Fast in-memory pickling where tensors are handed over, not serialized."""
 
-    def __init__(self, file, tensors: list):
+    def __init__(self, file):
         super().__init__(file, protocol=pickle.HIGHEST_PROTOCOL)
-        self.tensors = tensors
+        self.tensors: list = []
         self._refs: dict[int, int] = {}
 
     def persistent_id(self, obj):
@@ -180,9 +180,9 @@ class _CopyPickler(pickle.Pickler):
 class _DillCopyPickler(serialization.Pickler):
     persistent_id = _CopyPickler.persistent_id
 
-    def __init__(self, file, tensors: list):
+    def __init__(self, file):
         super().__init__(file)
-        self.tensors, self._refs = tensors, {}
+        self.tensors, self._refs = [], {}
 
 
 class _CopyUnpickler(pickle.Unpickler):
@@ -201,15 +201,8 @@ def clone(payload: dict, snapshot: Snapshot | None):
     Unlike `copy.deepcopy` this copes with non-leaf tensors (a pruned weight is
     one); tensors are cloned, the rest goes through pickle (dill if needed).
     """
-    for pickler_class in (_CopyPickler, _DillCopyPickler):
-        buffer, tensors = io.BytesIO(), []
-        try:
-            pickler_class(buffer, tensors).dump(payload)
-            break
-        except Exception as error:  # pickle.PicklingError, AttributeError for local objects...
-            failure = error
-    else:
-        raise PayloadError(_name_unpicklable(payload, failure)) from failure
+    buffer, pickler = _pickle(payload, (_CopyPickler, _DillCopyPickler))
+    tensors = pickler.tensors
     copies = [_clone_tensor(t) for t in tensors]
     buffer.seek(0)
     copied = _CopyUnpickler(buffer, copies).load()
@@ -241,19 +234,25 @@ def _clone_tensor(tensor):
 def dump(payload: dict, store: ObjectStore, known: dict | None = None):
     """Store `payload` (attribute name -> object); return (digest, tensor blobs, snapshot)."""
     digests: dict = {}
-    for pickler_class in (_FastPickler, _DillPickler):
+    buffer, pickler = _pickle(payload, [lambda file, kind=kind: kind(file, store, known or {}, digests)
+                                        for kind in (_FastPickler, _DillPickler)])
+    digest = store.put(buffer.getbuffer())
+    return digest, sorted(set(pickler.blobs)), Snapshot(digests)
+
+
+def _pickle(payload: dict, picklers):
+    """Pickle with the first of `picklers` (C pickle, then dill) that manages it."""
+    for make in picklers:
         buffer = io.BytesIO()
-        pickler = pickler_class(buffer, store, known or {}, digests)
+        pickler = make(buffer)
         try:
             pickler.dump(payload)
-            break
+            return buffer, pickler
         except OSError:
             raise  # the disk, not the payload: say so as it is
         except Exception as error:  # _NeedsDill, or what only dill pickles (closures, lambdas)
-            if pickler_class is _DillPickler:
-                raise PayloadError(_name_unpicklable(payload, error)) from error
-    digest = store.put(buffer.getbuffer())
-    return digest, sorted(set(pickler.blobs)), Snapshot(digests)
+            failure = error
+    raise PayloadError(_name_unpicklable(payload, failure)) from failure
 
 
 def _name_unpicklable(payload: dict, error: Exception) -> str:
