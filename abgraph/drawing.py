@@ -81,7 +81,10 @@ def measurable(nodes) -> list:
         record = node._ab_record
         names.update(record.metrics)
         for function, value in record.results.items():
-            names.update(f"{function}.{k}" for k in value) if isinstance(value, dict) else names.add(function)
+            if isinstance(value, dict):
+                names.update(f"{function}.{key}" for key in value)
+            else:
+                names.add(function)
     return sorted(names)
 
 

@@ -19,6 +19,8 @@ from types import SimpleNamespace
 
 import pytest
 
+from abgraph.store import Index
+
 ABGRAPH_CLI = Path(sys.executable).with_name("abgraph")
 
 # The user's script. `#EXTEND` is where a test adds code (e.g. its own `extend`,
@@ -207,6 +209,15 @@ def run_cli_many(commands, timeout=120) -> list:
         results.append(subprocess.CompletedProcess(cli_command(*args), process.returncode,
                                                    stdout, stderr))
     return results
+
+
+def records_by_id(directory) -> dict:
+    """Every stored record of an experiment folder, by node id."""
+    index = Index(directory)
+    try:
+        return {r.id: r for r in index.records()}
+    finally:
+        index.close()
 
 
 def blob_files(directory) -> dict:

@@ -18,16 +18,7 @@ from types import SimpleNamespace
 import pytest
 
 from abgraph.cli import main
-from abgraph.store import Index
-from conftest import blob_files, copy_experiment, run_cli_many, sha256
-
-
-def records_by_id(directory) -> dict:
-    index = Index(directory)
-    try:
-        return {r.id: r for r in index.records()}
-    finally:
-        index.close()
+from conftest import blob_files, records_by_id, copy_experiment, run_cli_many, sha256
 
 
 def add_orphan(directory, content=b"no record uses these bytes") -> str:

@@ -11,9 +11,9 @@ import torch
 
 import abgraph
 from abgraph.identity import UnsupportedValue
-from abgraph.store import BlobError, Index, NotAnExperiment
+from abgraph.store import BlobError, NotAnExperiment
 from abgraph.store.maintenance import verify
-from conftest import blob_files, sha256
+from conftest import blob_files, records_by_id, sha256
 
 
 class Tiny(abgraph.ExperimentState):
@@ -74,14 +74,6 @@ def tensor_probe(state):
 
 def serial():
     return abgraph.SerialExecutor()
-
-
-def records_by_id(directory) -> dict:
-    index = Index(directory)
-    try:
-        return {r.id: r for r in index.records()}
-    finally:
-        index.close()
 
 
 def stored_count(directory) -> int:

@@ -15,9 +15,8 @@ import torch
 from torch import nn
 
 import abgraph
-from abgraph.store import Index
 from abgraph.store.maintenance import verify
-from conftest import blob_files, run_python, sha256
+from conftest import blob_files, records_by_id, run_python, sha256
 
 
 class Chain(abgraph.ExperimentState):
@@ -38,14 +37,6 @@ class Nudge(abgraph.Recipe):
         with torch.no_grad():
             state.model[0].weight.add_(self.step)
         return state
-
-
-def records_by_id(directory) -> dict:
-    index = Index(directory)
-    try:
-        return {r.id: r for r in index.records()}
-    finally:
-        index.close()
 
 
 def test_layout_and_wal_mode(study_run):
