@@ -9,13 +9,12 @@ import socket
 import subprocess
 import sys
 import time
-from collections import OrderedDict
 from multiprocessing.connection import Connection, wait
 
 from .. import serialization
 from ..store import NodeRecord
 from .base import Executor, Worker
-from .task import record_for
+from .task import StateCache, record_for
 
 
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps|xpu(:\d+)?")
@@ -92,20 +91,18 @@ class _ProcessWorker(Worker):
     def __init__(self, name, device, cache_size):
         super().__init__(name, device)
         self.cache_size = cache_size
-        self.mirror: OrderedDict = OrderedDict()  # what the process holds, as the driver knows it
+        self.mirror = StateCache(cache_size)  # what the process holds, as the driver knows it
         self.process = self.connection = None
         self.started = None
 
     def held(self) -> set:
-        return set(self.mirror)
+        return self.mirror.held()
 
     def remember(self, task) -> None:
-        for node_id in task.release:
-            self.mirror.pop(node_id, None)
+        """What the worker's own cache does with this task, in the same order."""
         if task.keep:
-            self.mirror[task.node_id] = True
-            while len(self.mirror) > self.cache_size:
-                self.mirror.popitem(last=False)
+            self.mirror.put(task.node_id, True)
+        self.mirror.drop(task.release)
 
 
 class ProcessExecutor(Executor):
@@ -159,7 +156,7 @@ class ProcessExecutor(Executor):
             "objects": self.objects_root, "device": worker.device, "threads": self.threads,
             "cache_size": self.cache_size, "sys_path": [p for p in sys.path if p]}))
         worker.used = False
-        worker.mirror.clear()
+        worker.mirror = StateCache(self.cache_size)
 
     def _fork(self, ours, theirs) -> _Forked:
         sys.stdout.flush()  # or the child would print what this process buffered
