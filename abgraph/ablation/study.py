@@ -31,18 +31,15 @@ training function re-runs the study; editing a comment in it does not).
 """
 from __future__ import annotations
 
-import contextlib
 import copy
 import inspect
 import json
 import math
 import numbers
-import random
 import time
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from abgraph import identity
 from abgraph.device import current_device
@@ -54,6 +51,7 @@ from abgraph.ablation.recipes import build_trial, call_generator
 from abgraph.ablation.result import StudyResult
 from abgraph.ablation.surgery import Prefix
 from abgraph.experiment import Experiment
+from abgraph.recipes import _torch
 from abgraph.recipes.base import Recipe
 from abgraph.state import ExperimentState
 
@@ -154,23 +152,11 @@ def _with_seed(recipe, seed):
     return reseeded
 
 
-@contextlib.contextmanager
 def seeded(seed):
     """Python, NumPy and torch (CPU and the current CUDA device) seeded with `seed`
     inside the block; the caller's random state is back afterwards (on a
     `SerialExecutor` trials run in the user's process)."""
-    value = int(seed)
-    device = current_device()
-    python_state, numpy_state = random.getstate(), np.random.get_state()
-    with torch.random.fork_rng(devices=[device] if device.type == "cuda" else []):
-        random.seed(value)
-        np.random.seed(value % 2**32)
-        torch.manual_seed(value)
-        try:
-            yield
-        finally:
-            random.setstate(python_state)
-            np.random.set_state(numpy_state)
+    return _torch.seeded(int(seed), current_device())
 
 
 def _metrics(value, name) -> dict:
