@@ -14,7 +14,7 @@ from .executors.progress import Progress
 from .executors.task import Task, record_for
 from .graph import ExperimentGraph
 from .state import ExperimentState, StatePromise
-from .store import OBJECTS_NAME, Index, ObjectStore, open_store
+from .store import FANOUT, OBJECTS_NAME, SCHEMA_VERSION, Index, ObjectStore, open_store
 
 LOCK_NAME = ".abgraph.lock"
 
@@ -218,4 +218,8 @@ def _objects(index: Index, directory: Path, location):
     if location is not None and recorded is None:
         index.set_meta("objects", str(location))
     location = recorded or location
-    return open_store(location) if location is not None else ObjectStore(directory / OBJECTS_NAME)
+    objects = open_store(location) if location is not None else ObjectStore(directory / OBJECTS_NAME)
+    if index.schema_version < SCHEMA_VERSION and objects.fanout == FANOUT:
+        # no blob yet in an old experiment: it takes the new layout, which older abgraph must not write to
+        index.set_meta("schema_version", SCHEMA_VERSION)
+    return objects

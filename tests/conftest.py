@@ -19,7 +19,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from abgraph.store import Index
+from abgraph.store import Index, ObjectStore
 
 ABGRAPH_CLI = Path(sys.executable).with_name("abgraph")
 
@@ -222,8 +222,8 @@ def records_by_id(directory) -> dict:
 
 def blob_files(directory) -> dict:
     """digest -> path of every blob under `directory/objects` (temporary files excluded)."""
-    root = Path(directory) / "objects"
-    return {p.parent.name + p.name: p for p in root.glob("*/*") if not p.name.startswith(".tmp")}
+    store = ObjectStore(Path(directory) / "objects")
+    return {digest: store.path(digest) for digest in store.digests()}
 
 
 def sha256(path) -> str:

@@ -18,12 +18,13 @@ from types import SimpleNamespace
 import pytest
 
 from abgraph.cli import main
+from abgraph.store import ObjectStore
 from conftest import blob_files, records_by_id, copy_experiment, run_cli_many, sha256
 
 
 def add_orphan(directory, content=b"no record uses these bytes") -> str:
     digest = hashlib.sha256(content).hexdigest()
-    path = Path(directory) / "objects" / digest[:2] / digest[2:]
+    path = ObjectStore(Path(directory) / "objects").path(digest)
     path.parent.mkdir(exist_ok=True)
     path.write_bytes(content)
     return digest
@@ -58,7 +59,7 @@ def cli(study_run, tmp_path_factory):
 
     collected = copy_experiment(experiment, base / "collected")
     collected_orphan = add_orphan(collected, b"garbage to collect")
-    stray = collected / "objects" / collected_orphan[:2] / ".tmp-123-abc"
+    stray = ObjectStore(collected / "objects").path(collected_orphan).parent / ".tmp-123-abc"
     stray.write_bytes(b"left by a killed writer")
     before_gc = {d: sha256(p) for d, p in blob_files(collected).items() if d != collected_orphan}
 

@@ -85,6 +85,107 @@ def test_an_unchanged_tensor_is_stored_once_per_experiment(tmp_path):
     assert sum(sizes) < 6 * root_bytes / 2  # less than half of one full copy per node
 
 
+class Negate(abgraph.Recipe):
+    """Turns the zeros of `data` into -0.0: equal to 0.0 as numbers, not as bytes."""
+    PROPERTIES = ["branch"]
+
+    def run(self, state):
+        state.data.mul_(-1.0)
+        return state
+
+
+class Zeros(abgraph.ExperimentState):
+    NONHASHED_ATTRIBUTES = ["data", "nans"]
+
+    def initialize_state(self, **properties):
+        self.data = torch.zeros(64)
+        self.nans = torch.full((64,), float("nan"))
+
+
+def test_a_change_is_detected_bit_for_bit(tmp_path):
+    """-0.0 == 0.0 and NaN != NaN as numbers; a stored blob holds bytes, so a sign flip
+    is a change (restored as -0.0) and an untouched NaN tensor is not re-stored."""
+    exp = abgraph.Experiment(tmp_path, state_class=Zeros)
+    root = exp.spawn_new_tree()
+    forked = [Negate(branch=b)(root) for b in (1, 2)]  # root read by two: each gets a copy
+    chained = Negate(branch=3)(forked[0])            # its parent's only child: takes its objects
+    assert exp.run(executor=abgraph.SerialExecutor()).ok
+    records = records_by_id(tmp_path)
+    nan_blobs = {d for d, p in blob_files(tmp_path).items() if p.stat().st_size == 64 * 4
+                 and torch.isnan(torch.frombuffer(bytearray(p.read_bytes()), dtype=torch.float32)).all()}
+    assert len(nan_blobs) == 1
+    restored = abgraph.Experiment.restore(tmp_path, slim=False).graph
+    for promise in forked:
+        assert torch.signbit(restored.node(promise.id).data).all(), "the sign flip was not stored"
+        assert records[promise.id].blobs != records[root.id].blobs
+    assert not torch.signbit(restored.node(chained.id).data).any()  # flipped back
+    assert records[chained.id].blobs == records[root.id].blobs
+    assert not torch.signbit(restored.node(root.id).data).any()
+
+
+def _to_schema_1(directory):
+    """Rewrite an experiment as abgraph wrote it under index schema 1: 256 folders."""
+    objects = directory / "objects"
+    for digest, path in blob_files(directory).items():
+        (objects / digest[:2]).mkdir(exist_ok=True)
+        path.rename(objects / digest[:2] / digest[2:])
+    for folder in objects.iterdir():
+        if len(folder.name) == 1:
+            folder.rmdir()
+    with sqlite3.connect(directory / "abgraph.sqlite") as db:
+        db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+
+
+def _schema(directory):
+    with sqlite3.connect(directory / "abgraph.sqlite") as db:
+        return db.execute("SELECT value FROM meta WHERE key='schema_version'").fetchone()[0]
+
+
+def test_blobs_live_in_16_folders(tmp_path):
+    exp = abgraph.Experiment(tmp_path, state_class=Chain)
+    Nudge(step=1.0)(exp.spawn_new_tree(width=8))
+    assert exp.run(executor=abgraph.SerialExecutor()).ok
+    folders = [p.name for p in (tmp_path / "objects").iterdir()]
+    assert folders and all(len(name) == 1 and name in "0123456789abcdef" for name in folders)
+    assert _schema(tmp_path) == "2"
+
+
+def test_an_old_experiment_with_no_blob_yet_moves_to_schema_2(tmp_path):
+    """So an older abgraph, which writes 256 folders, refuses it instead of mixing layouts."""
+    abgraph.Experiment(tmp_path, state_class=Chain).index.close()
+    with sqlite3.connect(tmp_path / "abgraph.sqlite") as db:
+        db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    abgraph.Experiment(tmp_path, state_class=Chain).index.close()
+    assert _schema(tmp_path) == "2"
+
+
+def test_an_experiment_written_under_schema_1_restores_and_grows(tmp_path):
+    """Its blobs stay where they are, new ones join them, nothing is lost."""
+    exp = abgraph.Experiment(tmp_path, state_class=Chain)
+    root = exp.spawn_new_tree(width=8)
+    first = Nudge(step=1.0)(root)
+    assert exp.run(executor=abgraph.SerialExecutor()).ok
+    exp.index.close()
+    _to_schema_1(tmp_path)
+
+    exp = abgraph.Experiment(tmp_path, state_class=Chain)
+    root = exp.spawn_new_tree(width=8)
+    Nudge(step=1.0)(root)
+    second = Nudge(step=2.0)(root)
+    report = exp.run(executor=abgraph.SerialExecutor())
+    assert report.executed == [second.id] and report.ok
+    assert all(len(p.name) == 2 for p in (tmp_path / "objects").iterdir())
+    assert _schema(tmp_path) == "1"  # still readable by the abgraph that wrote it
+    assert verify(exp.index, exp.objects).clean
+    graph = abgraph.Experiment.restore(tmp_path).graph
+    for promise, step in ((first, 1.0), (second, 2.0)):
+        node = graph.node(promise.id)
+        node.restore()
+        expected = graph.node(root.id)
+        expected.restore()
+        assert torch.equal(node.model[0].weight, expected.model[0].weight + step)
+
+
 def test_a_failed_write_leaves_no_partial_blob(tmp_path, monkeypatch):
     """Disk full while renaming a blob into place: the node fails, nothing half-written
     is left, and the next run completes."""

@@ -12,7 +12,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
-SCHEMA_VERSION = 1
+# 2: blobs in 16 folders (objects/a/bcdef...); 1: in 256 (objects/ab/cdef...), still read.
+SCHEMA_VERSION = 2
 INDEX_NAME = "abgraph.sqlite"
 
 
@@ -111,8 +112,10 @@ class Index:
                 self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                                 (str(SCHEMA_VERSION),))
                 self.db.execute("COMMIT")
+            self.schema_version = SCHEMA_VERSION
             return
-        if int(row[0]) > SCHEMA_VERSION:
+        self.schema_version = int(row[0])
+        if self.schema_version > SCHEMA_VERSION:
             from .. import __version__
             raise NotAnExperiment(
                 f"{self.path} was written with index schema {row[0]}; abgraph {__version__} "

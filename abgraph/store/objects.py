@@ -11,8 +11,18 @@ class BlobError(RuntimeError):
     """A blob is missing or does not match its digest."""
 
 
+FANOUT = 1  # hex digits naming a blob's folder: 16 folders
+
+
 def blob_digest(data) -> str:
     return hashlib.sha256(data).hexdigest()
+
+
+def _fanout(names) -> int:
+    """A store written before index schema 2 keeps its 256 two-digit folders; a new
+    one gets 16, which a small experiment creates in a few milliseconds instead of
+    the 256 directory creations (each a journal write) of the old layout."""
+    return 2 if any(len(name) == 2 and not name.startswith(".") for name in names) else FANOUT
 
 
 class ObjectStore:
@@ -26,6 +36,7 @@ class ObjectStore:
     def __init__(self, root):
         self.root = Path(root)
         self.root.mkdir(parents=True, exist_ok=True)
+        self.fanout = _fanout(os.listdir(self.root))
         self._present: set[str] = set()
         self._folders: set[str] = set()
 
@@ -56,14 +67,14 @@ class ObjectStore:
 
     # -- the primitives of a medium ----------------------------------------------
     def path(self, digest: str) -> Path:
-        return self.root / digest[:2] / digest[2:]
+        return self.root / digest[:self.fanout] / digest[self.fanout:]
 
     def exists(self, digest: str) -> bool:
         return self.path(digest).exists()
 
     def digests(self):
         for sub in sorted(self.root.iterdir()):
-            if sub.is_dir() and len(sub.name) == 2:
+            if sub.is_dir() and len(sub.name) == self.fanout:
                 for blob in sorted(sub.iterdir()):
                     if not blob.name.startswith(".tmp"):
                         yield sub.name + blob.name
@@ -87,9 +98,9 @@ class ObjectStore:
         """Write to a temporary name in the same folder, then rename: readers see
         the whole blob or none of it, whatever kills the writer."""
         path = self.path(digest)
-        if digest[:2] not in self._folders:
+        if digest[:self.fanout] not in self._folders:
             path.parent.mkdir(exist_ok=True)
-            self._folders.add(digest[:2])
+            self._folders.add(digest[:self.fanout])
         temporary = path.parent / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"
         try:
             with open(temporary, "wb") as handle:
@@ -120,6 +131,7 @@ class FsspecObjectStore(ObjectStore):
         self.fs, root = fsspec.core.url_to_fs(url)
         self.root = root.rstrip("/")
         self.fs.makedirs(self.root, exist_ok=True)
+        self.fanout = _fanout(key.rstrip("/").rsplit("/", 1)[-1] for key in self.fs.ls(self.root, detail=False))
         self._present, self._folders = set(), set()
 
     @property
@@ -127,7 +139,7 @@ class FsspecObjectStore(ObjectStore):
         return self.url
 
     def path(self, digest: str) -> str:
-        return f"{self.root}/{digest[:2]}/{digest[2:]}"
+        return f"{self.root}/{digest[:self.fanout]}/{digest[self.fanout:]}"
 
     def exists(self, digest: str) -> bool:
         return self.fs.exists(self.path(digest))
@@ -136,8 +148,9 @@ class FsspecObjectStore(ObjectStore):
         prefix = len(self.root) + 1
         for key in sorted(self.fs.find(self.root)):
             name = key[prefix:]
-            if len(name) > 3 and name[2] == "/" and not name[3:].startswith(".tmp"):
-                yield name[:2] + name[3:]
+            cut = self.fanout
+            if len(name) > cut + 1 and name[cut] == "/" and not name[cut + 1:].startswith(".tmp"):
+                yield name[:cut] + name[cut + 1:]
 
     def delete(self, digest: str) -> int:
         size = self.size(digest)
@@ -156,10 +169,10 @@ class FsspecObjectStore(ObjectStore):
     def _write(self, digest: str, data) -> None:
         """Upload under a temporary key, then move: object stores make the upload
         atomic, the move makes it so on filesystems too."""
-        folder = f"{self.root}/{digest[:2]}"
-        if digest[:2] not in self._folders:
+        folder = f"{self.root}/{digest[:self.fanout]}"
+        if digest[:self.fanout] not in self._folders:
             self.fs.makedirs(folder, exist_ok=True)
-            self._folders.add(digest[:2])
+            self._folders.add(digest[:self.fanout])
         temporary = f"{folder}/.tmp-{os.getpid()}-{uuid.uuid4().hex}"
         self.fs.pipe_file(temporary, bytes(data))
         self.fs.mv(temporary, self.path(digest))
