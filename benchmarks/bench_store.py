@@ -9,7 +9,11 @@ Every figure is printed as a ratio against a baseline measured in this same
 process, with both absolute numbers and PASS/FAIL against the issue's target.
 Everything runs in-process (`abgraph.SerialExecutor()`) inside a
 `tempfile.TemporaryDirectory`; times are medians of repeated `time.perf_counter`
-measurements. See benchmarks/README.md for the method behind each figure.
+measurements. Each timed call starts with nothing left to write back, and nothing
+is deleted before the end: on ext4, files deleted in the last seconds make every new
+file slower to create (the allocator skips their inodes), which would charge the
+cleanup of one repeat to the next. See benchmarks/README.md for the method behind
+each figure.
 """
 from __future__ import annotations
 
@@ -188,6 +192,10 @@ CPU = {}  # fn -> process CPU seconds of its last timed call, a check on a busy 
 
 
 def timed(fn, *args, **kwargs):
+    """Time one call. Untimed before it: write back what earlier calls left dirty
+    (the naive baseline leaves 440 MiB, whose writeback would slow whoever runs next)
+    and collect garbage."""
+    os.sync()
     gc.collect()
     cpu = time.process_time()
     start = time.perf_counter()
@@ -203,15 +211,13 @@ def folder_bytes(directory: Path) -> int:
 
 def file_create_cost(directory: Path, count=200):
     """What the file system charges for a new file: both stores write two per node."""
-    probe = directory / "probe"
-    probe.mkdir()
+    probe = Path(tempfile.mkdtemp(prefix="probe-", dir=directory))
     times = []
     for i in range(count):
         start = time.perf_counter()
         with open(probe / str(i), "wb"):
             pass
         times.append(time.perf_counter() - start)
-    shutil.rmtree(probe)
     return statistics.median(times)
 
 
@@ -260,8 +266,8 @@ def bench_main(work: Path, args):
     abgraph_run(work / "warm-ab", 2, 2)
     naive_run(work / "warm-naive", 2, 2)
     pure_compute(2, 2)
-    shutil.rmtree(work / "warm-ab"), shutil.rmtree(work / "warm-naive")
 
+    create_before = file_create_cost(work)
     ab_times, naive_times, compute_times, phases = [], [], [], []
     cpu_ab, cpu_naive, cpu_compute = [], [], []
     for repeat in range(repeats):
@@ -278,8 +284,6 @@ def bench_main(work: Path, args):
         cpu_ab.append(CPU[abgraph_run]), cpu_naive.append(CPU[naive_run])
         cpu_compute.append(CPU[pure_compute])
         phases.append(sum(report.durations.values()))
-        if repeat < repeats - 1:
-            shutil.rmtree(ab_dir), shutil.rmtree(naive_dir)
         print(f"  repeat {repeat}: abgraph {fmt_time(t_ab)} (cpu {fmt_time(cpu_ab[-1])}), naive "
               f"{fmt_time(t_naive)} (cpu {fmt_time(cpu_naive[-1])}), pure compute {fmt_time(t_compute)}",
               flush=True)
@@ -292,7 +296,8 @@ def bench_main(work: Path, args):
            f"totals: abgraph {fmt_time(t_ab)}, naive {fmt_time(t_naive)}, pure recipe compute "
            f"{fmt_time(t_compute)}; abgraph time inside tasks {fmt_time(statistics.median(phases) / nodes)}"
            f"/node; by process CPU time instead: {fmt_time(cpu_ab_node)} vs {fmt_time(cpu_naive_node)} "
-           f"per node, ratio {cpu_ab_node / cpu_naive_node:.3f}")
+           f"per node, ratio {cpu_ab_node / cpu_naive_node:.3f}; an empty file cost "
+           f"{fmt_time(create_before)} to create before these repeats, {fmt_time(file_create_cost(work))} after")
 
     ab_dir, naive_dir = work / f"ab-{repeats - 1}", work / f"naive-{repeats - 1}"
     size_ab, size_naive = folder_bytes(ab_dir), folder_bytes(naive_dir)
@@ -303,7 +308,6 @@ def bench_main(work: Path, args):
     if args.profile:
         profile("abgraph build + run, main workload", abgraph_run, work / "profile-ab", branches, chain)
         profile("naive run, main workload", naive_run, work / "profile-naive", branches, chain)
-    shutil.rmtree(naive_dir)
 
 
 def bench_full_restore(ab_dir: Path, naive_dir: Path, branches, chain, args):
@@ -457,7 +461,6 @@ def bench_big(work: Path, args):
     if args.profile:
         profile("slim restore", _slim_restore, directory)
         profile("to_dataframe", lambda: (graph._depth.clear(), graph.to_dataframe()))
-    shutil.rmtree(json_dir)
 
 
 def _rerun(directory, branches, chain):
