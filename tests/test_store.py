@@ -104,7 +104,7 @@ class Zeros(abgraph.ExperimentState):
 
 def test_a_change_is_detected_bit_for_bit(tmp_path):
     """-0.0 == 0.0 and NaN != NaN as numbers; a stored blob holds bytes, so a sign flip
-    is a change (restored as -0.0) and an untouched NaN tensor is not re-stored."""
+    is a change (restored as -0.0) and an untouched NaN tensor keeps its one blob."""
     exp = abgraph.Experiment(tmp_path, state_class=Zeros)
     root = exp.spawn_new_tree()
     forked = [Negate(branch=b)(root) for b in (1, 2)]  # root read by two: each gets a copy

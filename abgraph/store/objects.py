@@ -65,9 +65,12 @@ class ObjectStore:
                             f"({len(data)} bytes); run `abgraph verify` on the experiment")
         return data
 
+    def _folder(self, digest: str) -> str:
+        return digest[:self.fanout]
+
     # -- the primitives of a medium ----------------------------------------------
     def path(self, digest: str) -> Path:
-        return self.root / digest[:self.fanout] / digest[self.fanout:]
+        return self.root / self._folder(digest) / digest[self.fanout:]
 
     def exists(self, digest: str) -> bool:
         return self.path(digest).exists()
@@ -98,9 +101,9 @@ class ObjectStore:
         """Write to a temporary name in the same folder, then rename: readers see
         the whole blob or none of it, whatever kills the writer."""
         path = self.path(digest)
-        if digest[:self.fanout] not in self._folders:
+        if self._folder(digest) not in self._folders:
             path.parent.mkdir(exist_ok=True)
-            self._folders.add(digest[:self.fanout])
+            self._folders.add(self._folder(digest))
         temporary = path.parent / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"
         try:
             with open(temporary, "wb") as handle:
@@ -131,7 +134,8 @@ class FsspecObjectStore(ObjectStore):
         self.fs, root = fsspec.core.url_to_fs(url)
         self.root = root.rstrip("/")
         self.fs.makedirs(self.root, exist_ok=True)
-        self.fanout = _fanout(key.rstrip("/").rsplit("/", 1)[-1] for key in self.fs.ls(self.root, detail=False))
+        names = (key.rstrip("/").rsplit("/", 1)[-1] for key in self.fs.ls(self.root, detail=False))
+        self.fanout = _fanout(names)
         self._present, self._folders = set(), set()
 
     @property
@@ -139,7 +143,7 @@ class FsspecObjectStore(ObjectStore):
         return self.url
 
     def path(self, digest: str) -> str:
-        return f"{self.root}/{digest[:self.fanout]}/{digest[self.fanout:]}"
+        return f"{self.root}/{self._folder(digest)}/{digest[self.fanout:]}"
 
     def exists(self, digest: str) -> bool:
         return self.fs.exists(self.path(digest))
@@ -169,10 +173,10 @@ class FsspecObjectStore(ObjectStore):
     def _write(self, digest: str, data) -> None:
         """Upload under a temporary key, then move: object stores make the upload
         atomic, the move makes it so on filesystems too."""
-        folder = f"{self.root}/{digest[:self.fanout]}"
-        if digest[:self.fanout] not in self._folders:
+        folder = f"{self.root}/{self._folder(digest)}"
+        if self._folder(digest) not in self._folders:
             self.fs.makedirs(folder, exist_ok=True)
-            self._folders.add(digest[:self.fanout])
+            self._folders.add(self._folder(digest))
         temporary = f"{folder}/.tmp-{os.getpid()}-{uuid.uuid4().hex}"
         self.fs.pipe_file(temporary, bytes(data))
         self.fs.mv(temporary, self.path(digest))
