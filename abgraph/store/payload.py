@@ -104,10 +104,11 @@ class _Splitter:
             digest = entry[1]
         else:
             carried = self.known.get(id(obj))
-            if carried is not None and carried[0] is obj and _same_bits(_bits(obj), carried[1]):
+            bits = _bits(obj)  # on the CPU, the very bytes a changed tensor is stored as
+            if carried is not None and carried[0] is obj and _same_bits(bits, carried[1]):
                 digest = carried[2]
             else:
-                raw = _raw(obj)
+                raw = bits if isinstance(bits, numpy.ndarray) else _raw(obj)
                 digest = self.store.put(raw, blob_digest(raw))
             self.digests[id(obj)] = (obj, digest)
         self.blobs.append(digest)
