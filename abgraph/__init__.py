@@ -10,11 +10,10 @@ from .device import current_device
 from .executors import Executor, ProcessExecutor, SerialExecutor
 from .experiment import Experiment
 from .graph import ExperimentGraph, NodeSet
-from .recipes import Evaluate, MakePermanent, Prune, Recipe, Reinit, Rewind, Train, function
+from .recipes import Evaluate, Function, MakePermanent, Prune, Recipe, Reinit, Rewind, Train, function
 from .report import RunReport
-from .state import ExperimentState, StatePromise
+from .state import ExperimentState, ExperimentStatePromise, NodeFailedError, StatePromise
 from .torch_state import TorchState
-
 
 
 def __getattr__(name):
@@ -28,5 +27,6 @@ def __getattr__(name):
 
 
 __all__ = ["AblateFeature", "AblateLayer", "AblationStudy", "RayExecutor", "Evaluate", "MakePermanent", "Prune", "Reinit", "Rewind", "Train", "TorchState",
-           "Experiment", "ExperimentGraph", "ExperimentState", "Executor", "NodeSet", "ProcessExecutor", "Recipe",
+           "Experiment", "ExperimentGraph", "ExperimentState", "ExperimentStatePromise", "Executor", "Function",
+           "NodeFailedError", "NodeSet", "ProcessExecutor", "Recipe",
            "RunReport", "SerialExecutor", "StatePromise", "current_device", "function"]

@@ -4,7 +4,9 @@ from __future__ import annotations
 import contextlib
 import difflib
 import fcntl
+import inspect
 import sys
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -13,7 +15,8 @@ from .executors import driver, scheduler
 from .executors.progress import Progress
 from .executors.task import Task, record_for
 from .graph import ExperimentGraph
-from .state import ExperimentState, StatePromise
+from .recipes.base import check_recipe_class, undeclared_difference, undeclared_fingerprint
+from .state import ExperimentState, NodeFailedError, StatePromise, check_declarations, failed_functions
 from .store import FANOUT, OBJECTS_NAME, SCHEMA_VERSION, Index, ObjectStore, open_store
 
 LOCK_NAME = ".abgraph.lock"
@@ -28,6 +31,8 @@ class PlannedNode:
     properties: dict
     tags: list = field(default_factory=list)
     probes: dict = field(default_factory=dict)
+    arguments: dict = field(default_factory=dict)  # a root's keywords beyond PROPERTIES
+    encoded_properties: dict | None = None          # as stored, for a node adopted from the index
 
     @property
     def recipe_name(self) -> str:
@@ -43,22 +48,42 @@ class Experiment:
     """
 
     def __init__(self, directory, state_class=ExperimentState, objects=None):
-        if not (isinstance(state_class, type) and issubclass(state_class, ExperimentState)):
-            raise TypeError(f"state_class must be a subclass of abgraph.ExperimentState, "
-                            f"not {state_class!r}")
+        _check_state_class(state_class)
         self.directory = Path(directory).expanduser()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.state_class = state_class
         self.index = Index(self.directory, create=True)
         self.objects = _objects(self.index, self.directory, objects)
+        self._start_building()
+
+    def _start_building(self):
         self._nodes: dict[str, PlannedNode] = {}
         self._tags: list[str] = []
         self._graph = None
+        self._roots: list[str] = []      # spawned in this session
+        self._executed: set[str] = set()  # computed by this object's runs (the rest came from the store)
+        self.experiment_arguments = None  # the keywords of the last spawn_new_tree (dagger's name)
+
+    # -- an Experiment travels as its folder ---------------------------------------
+    def __getstate__(self):
+        """A recipe that keeps its experiment is sent to workers: only the folder
+        travels (no connection, no lock); the copy browses what is stored."""
+        return {"directory": str(self.directory), "state_class": self.state_class, "roots": self._roots}
+
+    def __setstate__(self, state):
+        self.directory = Path(state["directory"])
+        self.state_class = state["state_class"]
+        self.index = Index(self.directory)
+        self.objects = _objects(self.index, self.directory, None, upgrade=False)
+        self._start_building()
+        self._roots = list(state["roots"])
 
     # -- building ----------------------------------------------------------------
     @contextlib.contextmanager
     def tag(self, *tags):
-        """Label every node created inside the block (blocks nest)."""
+        """Label every node created inside the block (blocks nest); `tag("a", "b")`
+        and dagger's `tag(["a", "b"])` are the same."""
+        tags = [t for tag in tags for t in (tag if isinstance(tag, (list, tuple)) else [tag])]
         for tag in tags:
             if not isinstance(tag, str) or not tag:
                 raise TypeError(f"a tag is a non-empty string, not {tag!r}")
@@ -68,26 +93,43 @@ class Experiment:
         finally:
             del self._tags[len(self._tags) - len(tags):]
 
-    def spawn_new_tree(self, **properties) -> StatePromise:
-        """The root of a tree: `state_class.initialize_state(**properties)` builds it."""
+    @property
+    def tags(self) -> list:
+        """The tags of the `with exp.tag(...)` blocks open now (dagger's name)."""
+        return list(self._tags)
+
+    def spawn_new_tree(self, **arguments) -> StatePromise:
+        """The root of a tree: `state_class.initialize_state(**arguments)` builds it.
+
+        Every name in PROPERTIES needs a value; other keywords go to
+        `initialize_state` only (if it takes them) and are part of the root's
+        identity, but are not properties (not inherited, not queryable)."""
         cls = self.state_class
         declared = list(cls.PROPERTIES)
-        unknown = [name for name in properties if name not in declared]
+        properties = {name: value for name, value in arguments.items() if name in declared}
+        extra = {name: value for name, value in arguments.items() if name not in declared}
         missing = [name for name in declared if name not in properties]
-        if unknown:
-            close = difflib.get_close_matches(unknown[0], declared, n=1)
-            raise TypeError(f"{cls.__name__} has no property {unknown[0]!r}; its PROPERTIES are "
-                            f"{declared}" + (f" (did you mean {close[0]!r}?)" if close else ""))
+        for name in extra:  # a typo of a missing property, or a keyword initialize_state does not take
+            close = difflib.get_close_matches(name, missing or declared, n=1)
+            if (close and missing) or not _accepts(cls.initialize_state, name):
+                raise MissingPropertyError(
+                    f"{cls.__name__} has no property {name!r}"
+                    + ("" if missing else " and its initialize_state takes no such keyword")
+                    + f"; its PROPERTIES are {declared}" + (f" (did you mean {close[0]!r}?)" if close else ""))
         if missing:
-            raise TypeError(f"{cls.__name__} needs a value for {', '.join(map(repr, missing))} "
-                            f"(its PROPERTIES are {declared})")
+            raise MissingPropertyError(f"{cls.__name__} needs a value for {', '.join(map(repr, missing))} "
+                                       f"(its PROPERTIES are {declared})")
         version = identity.code_version(cls, ExperimentState)
-        node_id = identity.root_id(cls, properties, version)
-        record = ("root", {}, version)
-        return self._register(PlannedNode(node_id, [], None, record, dict(properties)))
+        node_id = identity.root_id(cls, properties, version, extra)
+        record = ("root", identity.canonical(extra, f"{cls.__name__}.spawn_new_tree")["map"], version)
+        self.experiment_arguments = dict(arguments)
+        if node_id not in self._roots:
+            self._roots.append(node_id)
+        return self._register(PlannedNode(node_id, [], None, record, properties, arguments=extra))
 
     def _add_node(self, recipe, inputs) -> StatePromise:
         name = type(recipe).__name__
+        check_recipe_class(type(recipe))
         for position, promise in enumerate(inputs):
             if not isinstance(promise, StatePromise) or promise.experiment is not self:
                 raise TypeError(f"{name} input {position} is {promise!r}, not a state promise "
@@ -106,8 +148,14 @@ class Experiment:
                                           (recipe.type_name, encoded, version), properties))
 
     def _register(self, node: PlannedNode) -> StatePromise:
-        """Two promises with one id are one node; their tags are merged."""
+        """Two promises with one id are one node; their tags are merged. Two recipes
+        that would be one node but differ outside PROPERTIES are refused: the
+        second would silently never run."""
         existing = self._nodes.setdefault(node.id, node)
+        if existing is not node and existing.recipe is not None and node.recipe is not None:
+            difference = undeclared_difference(existing.recipe, node.recipe)
+            if difference:
+                raise ValueError(difference)
         for tag in self._tags:
             if tag not in existing.tags:
                 existing.tags.append(tag)
@@ -115,6 +163,82 @@ class Experiment:
 
     def _add_probe(self, node_id, probe) -> None:
         self._nodes[node_id].probes[probe.name] = probe
+
+    def _adopt(self, node) -> StatePromise:
+        """A stored node as a promise of this experiment, to grow the graph from it."""
+        record = node._ab_record
+        if record.status != "done":
+            raise RuntimeError(f"node {record.id[:12]} is {record.status}, not done: rebuild it with its "
+                               "recipe (its code is not stored) and run again")
+        if record.id not in self._nodes:
+            properties = self._real_properties(record) or dict(node._ab_properties)
+            recipe_record = (record.recipe, record.recipe_properties, record.recipe_version)
+            self._nodes[record.id] = PlannedNode(record.id, list(record.parents), None, recipe_record,
+                                                 properties, encoded_properties=record.properties)
+        return self._register(self._nodes[record.id])
+
+    def _real_properties(self, record):
+        """The properties as Python objects (not as stored: a function is stored by
+        name), when a root spawned in this session has the same ones."""
+        for node_id in self._roots:
+            properties = self._nodes[node_id].properties
+            if identity.canonical(properties, self.state_class.__name__)["map"] == record.properties:
+                return dict(properties)
+        return None
+
+    # -- dagger's views of what was built ------------------------------------------
+    @property
+    def nodes(self) -> dict:
+        """id -> promise of every node built in this session."""
+        return {node_id: StatePromise(self, node_id) for node_id in self._nodes}
+
+    @property
+    def leaves(self) -> dict:
+        """id -> promise of the nodes built in this session that no other built node uses."""
+        used = {parent for node in self._nodes.values() for parent in node.parents}
+        return {node_id: StatePromise(self, node_id) for node_id in self._nodes if node_id not in used}
+
+    @property
+    def root(self):
+        """The root (dagger's name). Spawned in this session: computed if it is not
+        stored yet, and loaded. Otherwise the stored root, slim. None if there is none."""
+        if len(self._roots) > 1:
+            raise RuntimeError(f"this experiment has {len(self._roots)} roots; use the promises "
+                               "spawn_new_tree returned, or exp.graph.roots")
+        if self._roots:
+            node = self._get(self._roots[0]) if self._roots[0] in self._nodes else \
+                self.graph.node(self._roots[0])
+            return node if node.is_restored or self._roots[0] not in self._nodes else node.restore()
+        roots = self.graph.roots
+        if len(roots) > 1:
+            raise RuntimeError(f"{self.directory} holds {len(roots)} roots; use exp.graph.roots")
+        return roots[0] if roots else None
+
+    def _get(self, node_id, executor=None):
+        """Run `node_id` and its ancestors if they are not stored (in this process by
+        default), and return the stored node."""
+        from .executors import SerialExecutor
+        if self.index.statuses().get(node_id, (None, None))[0] != "done":
+            everything, wanted = self._nodes, self._ancestry(node_id)
+            self._nodes = {n: node for n, node in everything.items() if n in wanted}
+            try:
+                self.run(executor or SerialExecutor())
+            finally:
+                self._nodes = everything
+        node = self.graph.node(node_id)
+        if node.status != "done":
+            raise NodeFailedError(f"node {node_id[:12]} ({self._nodes[node_id].recipe_name}) "
+                                  f"{node.status}:\n{node.error}")
+        return node
+
+    def _ancestry(self, node_id) -> set:
+        seen, frontier = set(), [node_id]
+        while frontier:
+            current = frontier.pop()
+            if current not in seen:
+                seen.add(current)
+                frontier.extend(self._nodes[current].parents)
+        return seen
 
     # -- running -----------------------------------------------------------------
     def run(self, executor=None, progress=None):
@@ -126,6 +250,7 @@ class Experiment:
         from .executors import default_executor
         executor = executor or default_executor()
         stored = self.index.statuses()
+        self._warn_undeclared_changes(stored)
         state = scheduler.plan(self._nodes, {n: status for n, (status, _) in stored.items()},
                                self.index.result_versions())
         self.index.add_tags((node_id, tag) for node_id, node in self._nodes.items() for tag in node.tags)
@@ -136,13 +261,18 @@ class Experiment:
             return Task(node_id=node_id, kind=state.kinds[node_id], state_class=self.state_class,
                         recipe=node.recipe, recipe_record=node.recipe_record, parents=node.parents,
                         parent_payloads=[payloads.get(p) for p in node.parents],
-                        properties=node.properties, tags=node.tags,
+                        properties=node.properties, encoded_properties=node.encoded_properties,
+                        arguments=node.arguments, tags=node.tags,
                         probes=[node.probes[name] for name in state.probes[node_id]],
                         payload=payloads.get(node_id), keep=keep, release=release)
+
+        probe_errors = {}
 
         def accept(record):
             if record.status == "done" and record.payload:
                 payloads[record.id] = record.payload
+            if failed_functions(record):
+                probe_errors[record.id] = failed_functions(record)
 
         def write_records(records):
             probe_only = {r.id for r in records if state.kinds.get(r.id) == scheduler.PROBE}
@@ -164,6 +294,8 @@ class Experiment:
             finally:
                 executor.close()
         self._graph = None
+        self._executed.update(report.executed)
+        report.probe_errors = probe_errors
         if report.interrupted:
             print(f"abgraph: run interrupted; {report}", file=sys.stderr)
         return report
@@ -178,24 +310,45 @@ class Experiment:
             finally:
                 fcntl.flock(handle, fcntl.LOCK_UN)
 
+    def _warn_undeclared_changes(self, stored) -> None:
+        """A stored node reused although its recipe now differs outside PROPERTIES:
+        the stored result was made with other values. Say so."""
+        reused = [n for n in self._nodes.values() if n.recipe is not None and undeclared_fingerprint(n.recipe)
+                  and stored.get(n.id, (None,))[0] == "done"]
+        if not reused:
+            return
+        records = {r.id: r for r in self.index.records([n.id for n in reused])}
+        for node in reused:
+            before = records[node.id].environment.get("recipe_attributes", {})
+            now = undeclared_fingerprint(node.recipe)
+            changed = sorted(name for name in before.keys() & now.keys() if before[name] != now[name])
+            if changed:
+                warnings.warn(f"node {node.id[:12]} ({node.recipe_name}) is reused from the store, but "
+                              f"{node.recipe_name}.{changed[0]} differs from the value it was made with; "
+                              f"{changed[0]!r} is not in {node.recipe_name}.PROPERTIES, so it is not part "
+                              "of the node's identity: add it to PROPERTIES to make a new node",
+                              UndeclaredChangeWarning, stacklevel=3)
+
     # -- browsing ----------------------------------------------------------------
     @property
     def graph(self) -> ExperimentGraph:
         """Every stored node (slim); refreshed after each `run()`."""
         if self._graph is None:
-            self._graph = ExperimentGraph(self.index.records(), self.objects, self.state_class)
+            self._graph = ExperimentGraph(self.index.records(), self.objects, self.state_class, self)
         return self._graph
 
     @classmethod
     def restore(cls, directory, state_class=None, slim: bool = True) -> "Experiment":
         """Open a stored experiment. Slim (the default) reads only the index and
         unpickles nothing; `slim=False` also loads every payload."""
+        if state_class is not None:
+            _check_state_class(state_class)
         directory = Path(directory).expanduser()
         index = Index(directory)  # raises if this is not an experiment
         experiment = cls.__new__(cls)
         experiment.directory, experiment.index = directory, index
         experiment.objects = _objects(index, directory, None)
-        experiment._nodes, experiment._tags, experiment._graph = {}, [], None
+        experiment._start_building()
         # Without a state_class, nodes are generic ExperimentStates: importing the
         # class the index names would run someone's code just to browse.
         experiment.state_class = state_class or ExperimentState
@@ -209,9 +362,34 @@ class Experiment:
         return f"<Experiment {self.directory} ({len(self._nodes)} nodes built)>"
 
 
-def _objects(index: Index, directory: Path, location):
+class MissingPropertyError(TypeError, KeyError):
+    """spawn_new_tree without a value for a property (a KeyError too, as in dagger)."""
+
+    def __str__(self):
+        return str(self.args[0])
+
+
+class UndeclaredChangeWarning(UserWarning):
+    """A stored node was reused though its recipe differs outside PROPERTIES."""
+
+
+def _check_state_class(state_class) -> None:
+    if not (isinstance(state_class, type) and issubclass(state_class, ExperimentState)):
+        raise TypeError(f"state_class must be a subclass of abgraph.ExperimentState, "
+                        f"not {state_class!r}")
+    check_declarations(state_class)
+
+
+def _accepts(function, name) -> bool:
+    parameters = inspect.signature(function).parameters.values()
+    return any(p.kind is p.VAR_KEYWORD or (p.name == name and p.kind is not p.POSITIONAL_ONLY)
+               for p in parameters)
+
+
+def _objects(index: Index, directory: Path, location, upgrade=True):
     """The experiment's blobs: `directory/objects` unless the experiment was made
-    with another location (a shared folder or an fsspec URL), kept in the index."""
+    with another location (a shared folder or an fsspec URL), kept in the index.
+    Only the process that owns the experiment (`upgrade`) may write the index."""
     recorded = index.meta("objects")
     if location is not None and recorded is not None and str(location) != recorded:
         raise ValueError(f"{directory} keeps its blobs in {recorded}, not {location}")
@@ -219,7 +397,7 @@ def _objects(index: Index, directory: Path, location):
         index.set_meta("objects", str(location))
     location = recorded or location
     objects = open_store(location) if location is not None else ObjectStore(directory / OBJECTS_NAME)
-    if index.schema_version < SCHEMA_VERSION and objects.fanout == FANOUT:
+    if upgrade and index.schema_version < SCHEMA_VERSION and objects.fanout == FANOUT:
         # no blob yet in an old experiment: it takes the new layout, which older abgraph must not write to
         index.set_meta("schema_version", SCHEMA_VERSION)
     return objects

@@ -55,15 +55,15 @@ class NodeSet(list):
         return NodeSet(n for n in self if matches(n))
 
     def __and__(self, other) -> "NodeSet":
-        ids = {n.id for n in other}
+        ids = {n.id for n in _node_set(other, "&")}
         return NodeSet(n for n in self if n.id in ids)
 
     def __or__(self, other) -> "NodeSet":
         ids = {n.id for n in self}
-        return NodeSet(list(self) + [n for n in other if n.id not in ids])
+        return NodeSet(list(self) + [n for n in _node_set(other, "|") if n.id not in ids])
 
     def __sub__(self, other) -> "NodeSet":
-        ids = {n.id for n in other}
+        ids = {n.id for n in _node_set(other, "-")}
         return NodeSet(n for n in self if n.id not in ids)
 
     def __getitem__(self, item):
@@ -114,15 +114,17 @@ class NodeSet(list):
         return pandas.DataFrame(rows)
 
     def draw(self, filename=None, format="pdf", label=None, color_by=None, metrics=None,
-             direction="TB"):
+             direction="TB", view=False):
         """Draw these nodes (and the edges between them) with graphviz: to
         `filename.format` (pdf, svg, png), or return the graphviz object (shown
         inline in a notebook). `label(node)` replaces the default label;
         `color_by` colors nodes by a metric; `metrics` are printed in the labels;
-        `direction="LR"` lays a wide study out left to right."""
+        `direction="LR"` lays a wide study out left to right. `view=True` (dagger's)
+        shows the file: inline in a notebook, else in the system's viewer."""
         from .drawing import draw
-        return draw(self, filename=filename, format=format, label=label, color_by=color_by,
-                    metrics=metrics, direction=direction)
+        drawn = draw(self, filename=filename, format=format, label=label, color_by=color_by,
+                     metrics=metrics, direction=direction)
+        return _view(drawn) if view and filename is not None else drawn
 
     def summarize(self, metric: str, by, confidence: float = 0.95):
         """n, mean, std and confidence interval of `metric` per group of nodes.
@@ -147,6 +149,28 @@ class NodeSet(list):
         by = [by] if isinstance(by, str) else list(by)
         summary = self.summarize(metric, by, confidence)
         return plot_summary(summary, metric, by, kind=kind, filename=filename, title=title, ax=ax)
+
+
+def _node_set(other, operator):
+    if not isinstance(other, NodeSet):
+        raise TypeError(f"NodeSet {operator} {type(other).__name__}: combine a NodeSet with a NodeSet "
+                        "(e.g. nodes.filter('a') | nodes.filter('b'))")
+    return other
+
+
+def _view(path):
+    """A rendered file shown inline in a notebook (png, svg), else in the system's viewer."""
+    try:
+        from IPython import get_ipython
+        in_notebook = getattr(get_ipython(), "kernel", None) is not None
+    except ImportError:
+        in_notebook = False
+    if in_notebook and path.endswith((".png", ".svg")):
+        from IPython.display import SVG, Image
+        return Image(filename=path) if path.endswith(".png") else SVG(filename=path)
+    import graphviz
+    graphviz.view(path)
+    return path
 
 
 def _encoded(value):
@@ -197,13 +221,15 @@ def _flatten(prefix, value) -> dict:
 class ExperimentGraph:
     """Every stored node of an experiment, slim until a node is restored."""
 
-    def __init__(self, records, objects, state_class=ExperimentState):
+    def __init__(self, records, objects, state_class=ExperimentState, experiment=None):
         self.objects = objects
+        self.experiment = experiment
         self._by_id = {}
         self._children: dict[str, list] = {}
         for record in records:
             properties = {k: readable(v) for k, v in record.properties.items()}
-            node = state_class._create(properties, record, self, attributes=record.attributes)
+            node = state_class._create(properties, record, self, attributes=record.attributes,
+                                       experiment=experiment)
             self._by_id[record.id] = node
             for parent in record.parents:
                 self._children.setdefault(parent, []).append(record.id)
@@ -256,6 +282,45 @@ class ExperimentGraph:
     def leaves(self) -> NodeSet:
         return self.nodes.leaves
 
+    def from_cache(self, node_id) -> bool:
+        """Whether the node was already stored before this experiment object ran."""
+        return self.experiment is None or node_id not in self.experiment._executed
+
+    # -- dagger's names --------------------------------------------------------------
+    @property
+    def root(self):
+        """The one root; an error if the experiment has several (see `roots`)."""
+        roots = self.roots
+        if len(roots) != 1:
+            raise RuntimeError(f"this experiment has {len(roots)} roots, not one; use graph.roots")
+        return roots[0]
+
+    @property
+    def node_map(self) -> dict:
+        """id -> node."""
+        return dict(self._by_id)
+
+    @property
+    def edge_map(self) -> dict:
+        """id -> set of its children's ids, for every node (a leaf has an empty set)."""
+        return {node_id: set(self._children.get(node_id, ())) for node_id in self._by_id}
+
+    @property
+    def toposort(self) -> dict:
+        """depth -> set of the ids at that distance from a root."""
+        levels: dict[int, set] = {}
+        for node_id in self._by_id:
+            levels.setdefault(self.depth(node_id), set()).add(node_id)
+        return dict(sorted(levels.items()))
+
+    def nodes_at_distance(self, k: int) -> NodeSet:
+        return self.nodes.nodes_at_distance(k)
+
+    def to_graphviz(self, **options):
+        """The graph as a graphviz object (what `draw()` renders); `options` as in `draw`."""
+        from .drawing import to_dot
+        return to_dot(self.nodes, **options)
+
     @cached_property
     def nx(self):
         """The graph as a networkx DiGraph; node attributes are the slim records."""
@@ -273,9 +338,9 @@ class ExperimentGraph:
         return self.nodes.to_dataframe()
 
     def draw(self, filename=None, format="pdf", label=None, color_by=None, metrics=None,
-             direction="TB"):
+             direction="TB", view=False):
         """Render the graph with graphviz; see `NodeSet.draw` to draw a part of it."""
-        return self.nodes.draw(filename, format, label, color_by, metrics, direction)
+        return self.nodes.draw(filename, format, label, color_by, metrics, direction, view)
 
     def _repr_svg_(self):
         from .drawing import to_dot

@@ -171,9 +171,14 @@ def _code_fingerprint(code) -> str:
     return f"{code.co_name}:{code.co_code.hex()}:{code.co_names}:{consts}"
 
 
-def root_id(state_class, properties: dict, version: str) -> str:
-    return digest({"root": _qualified_name(state_class), "version": version,
-                   "properties": canonical(properties, f"{state_class.__name__}")})
+def root_id(state_class, properties: dict, version: str, arguments=None) -> str:
+    """`arguments`: keywords of `spawn_new_tree` beyond the properties (absent
+    from the hash when there are none, so existing roots keep their ids)."""
+    encoded = {"root": _qualified_name(state_class), "version": version,
+               "properties": canonical(properties, f"{state_class.__name__}")}
+    if arguments:
+        encoded["arguments"] = canonical(arguments, f"{state_class.__name__}.spawn_new_tree")
+    return digest(encoded)
 
 
 def node_id(parent_ids, recipe_type: str, properties_encoded, version: str) -> str:

@@ -13,6 +13,7 @@ class RunReport:
     not_run: list = field(default_factory=list)   # left when the run was interrupted
     durations: dict = field(default_factory=dict)
     errors: dict = field(default_factory=dict)
+    probe_errors: dict = field(default_factory=dict)  # node -> {function: traceback}; the nodes are done
     interrupted: bool = False
     elapsed: float = 0.0
 
@@ -29,4 +30,8 @@ class RunReport:
         for node_id in self.failed:
             last = (self.errors.get(node_id) or "").strip().splitlines()[-1:]
             line += f"\n  failed {node_id[:12]}: {last[0] if last else ''}"
+        for node_id, errors in self.probe_errors.items():
+            for name, error in errors.items():
+                last = error.strip().splitlines()[-1:]
+                line += f"\n  function {name} raised on {node_id[:12]}: {last[0] if last else ''}"
         return line

@@ -14,7 +14,8 @@ from dataclasses import dataclass, field
 
 from ..device import using_device
 from ..identity import canonical
-from ..state import ExperimentState
+from ..recipes.base import undeclared_fingerprint
+from ..state import FAILED_PROBE, ExperimentState
 from ..store import payload as payload_io
 from ..store import NodeRecord
 from .scheduler import COMPUTE
@@ -30,6 +31,8 @@ class Task:
     parents: list = field(default_factory=list)
     parent_payloads: list = field(default_factory=list)
     properties: dict = field(default_factory=dict)
+    encoded_properties: dict | None = None  # as stored, when the node was adopted from the index
+    arguments: dict = field(default_factory=dict)  # a root's keywords beyond PROPERTIES
     tags: list = field(default_factory=list)
     probes: list = field(default_factory=list)
     payload: str | None = None            # the node's own payload, for a probe-only task
@@ -93,7 +96,8 @@ def record_for(task: Task, **fields) -> NodeRecord:
     cls = task.state_class
     return NodeRecord(id=task.node_id, parents=list(task.parents), recipe=recipe_type,
                       recipe_properties=recipe_properties, recipe_version=recipe_version,
-                      properties=canonical(task.properties, cls.__name__)["map"], tags=list(task.tags),
+                      properties=(task.encoded_properties if task.encoded_properties is not None
+                                  else canonical(task.properties, cls.__name__)["map"]), tags=list(task.tags),
                       state_class=f"{cls.__module__}.{cls.__qualname__}",
                       attributes=list(cls.NONHASHED_ATTRIBUTES), **fields)
 
@@ -111,10 +115,7 @@ def execute(task: Task, objects, cache: StateCache, device="cpu", reraise=False)
                 state = cache.get(task.node_id, task.payload, task.state_class, task.properties, objects)
                 record.payload = task.payload
             for probe in task.probes:
-                view, _ = state._fork()
-                view.metrics = dict(state.metrics)
-                record.results[probe.name] = _jsonable(probe.fn(view), probe.name)
-                record.result_versions[probe.name] = probe.version
+                _probe(probe, state, task.node_id, record)
         if task.keep:
             cache.put(task.node_id, state)
         record.status = "done"
@@ -130,10 +131,24 @@ def execute(task: Task, objects, cache: StateCache, device="cpu", reraise=False)
     return record
 
 
+def _probe(probe, state, node_id, record: NodeRecord) -> None:
+    """A function that raises records its error on itself; the node stays done
+    and nothing is blocked (it runs again next time)."""
+    view, _ = state._fork()
+    view.id, view.metrics = node_id, dict(state.metrics)
+    try:
+        record.results[probe.name] = _jsonable(probe.fn(view), probe.name)
+        record.result_versions[probe.name] = probe.version
+    except Exception:
+        record.results[probe.name] = {"error": traceback.format_exc()}
+        record.result_versions[probe.name] = FAILED_PROBE + probe.version
+
+
 def _compute(task: Task, objects, cache: StateCache, record: NodeRecord):
     if task.recipe is None:
         state = task.state_class._create(task.properties)
-        state.initialize_state(**task.properties)
+        state.id = task.node_id
+        state.initialize_state(**task.properties, **task.arguments)
         known = {}
     else:
         inputs = [cache.get(p, d, task.state_class, task.properties, objects)
@@ -144,6 +159,7 @@ def _compute(task: Task, objects, cache: StateCache, record: NodeRecord):
             state, known = inputs[0]._take()  # no one else will use this parent object
         else:
             state, known = inputs[0]._fork()
+        state.id = task.node_id
         produced = task.recipe.run(state, *others)
         if not isinstance(produced, ExperimentState):
             raise RecipeResultError(
@@ -152,7 +168,14 @@ def _compute(task: Task, objects, cache: StateCache, record: NodeRecord):
         if produced is not state:
             known = {}
         state = produced
+        if fingerprint := undeclared_fingerprint(task.recipe):
+            record.environment["recipe_attributes"] = fingerprint
+    state._run_hooks("save_pre_hooks")
     record.payload, record.blobs, state._ab_snapshot = payload_io.dump(state._payload(), objects, known)
+    state._run_hooks("save_post_hooks")
+    changed = state._changed_properties()  # a recipe's `state.a = 7` is kept, and inherited
+    if changed:
+        record.properties = dict(record.properties, **canonical(changed, type(state).__name__)["map"])
     record.metrics = _jsonable(dict(state.metrics), "state.metrics")
     return state
 

@@ -5,6 +5,7 @@ import difflib
 import inspect
 
 from .. import identity
+from ..state import refuse_reserved
 
 
 class Recipe:
@@ -16,9 +17,15 @@ class Recipe:
     without it any change of the class's code is a new recipe. `REQUIRES` names
     payload attributes the input state must declare, checked when the graph is
     built.
+
+    Any other attribute the recipe keeps is outside its identity: two recipes of
+    one class on one input that differ there are refused (one would silently
+    never run) unless the attribute is listed in `NONHASHED_ATTRIBUTES`, for
+    what does not change what `run` makes (a logger, a verbosity).
     """
 
     PROPERTIES: list = []
+    NONHASHED_ATTRIBUTES: list = []
     REQUIRES: tuple = ()
     VERSION = None
 
@@ -93,6 +100,61 @@ class Recipe:
         return f"{type(self).__name__}({args})"
 
 
+def check_recipe_class(cls) -> None:
+    """Refuse PROPERTIES naming the recipe's own methods (`PROPERTIES = ["run"]`)."""
+    refuse_reserved(cls, Recipe, ("PROPERTIES", "NONHASHED_ATTRIBUTES"))
+
+
+_MISSING = object()
+
+
+def _undeclared(recipe) -> dict:
+    """The attributes a recipe keeps beyond its PROPERTIES (private ones excepted)."""
+    skipped = set(recipe.PROPERTIES) | set(recipe.NONHASHED_ATTRIBUTES)
+    return {name: value for name, value in vars(recipe).items()
+            if not name.startswith("_") and name not in skipped}
+
+
+def _same(first, second) -> bool:
+    if first is second:
+        return True
+    try:
+        return identity.canonical(first) == identity.canonical(second)
+    except identity.UnsupportedValue:
+        pass
+    try:
+        return bool(first == second)
+    except Exception:  # e.g. tensors of other shapes, arrays: not comparable means different
+        return False
+
+
+def undeclared_difference(first, second):
+    """Why two recipes that make the same node id must not be merged, or None."""
+    mine, theirs = _undeclared(first), _undeclared(second)
+    for name in sorted(mine.keys() | theirs.keys()):
+        a, b = mine.get(name, _MISSING), theirs.get(name, _MISSING)
+        if not _same(a, b):
+            cls = type(first).__name__
+            shown = ", ".join(f"{name}={'(unset)' if v is _MISSING else f'{v!r:.40}'}" for v in (a, b))
+            return (f"{first!r} is built twice on the same input, with {shown}; {name!r} is not in "
+                    f"{cls}.PROPERTIES, so both would be one node and the second would never run. "
+                    f"Add {name!r} to {cls}.PROPERTIES (then it is part of the node's identity), or to "
+                    f"{cls}.NONHASHED_ATTRIBUTES if it does not change what run() makes")
+    return None
+
+
+def undeclared_fingerprint(recipe) -> dict:
+    """name -> digest of each attribute beyond PROPERTIES that has a canonical
+    encoding, stored with the node to tell a later run that reuses it with other values."""
+    fingerprint = {}
+    for name, value in _undeclared(recipe).items():
+        try:
+            fingerprint[name] = identity.digest(identity.canonical(value))
+        except identity.UnsupportedValue:
+            continue
+    return fingerprint
+
+
 def _closest(name, choices) -> str:
     close = difflib.get_close_matches(name, list(choices), n=1)
     return f" (did you mean {close[0]!r}?)" if close else ""
@@ -103,9 +165,12 @@ class Probe:
     on the node under the function's name. It makes no node of its own."""
 
     def __init__(self, fn):
+        if not callable(fn):
+            raise TypeError(f"abgraph.function wraps a function of the state, not {fn!r}")
         self.fn = fn
-        self.name = fn.__name__
         self.version = "src:" + identity.digest(identity.normalized_source(fn))
+        # the result's key; two lambdas on one node must not overwrite each other
+        self.name = fn.__name__ if fn.__name__ != "<lambda>" else f"lambda_{self.version[4:12]}"
         self.__doc__ = fn.__doc__
         self.__wrapped__ = fn
 
@@ -117,6 +182,14 @@ class Probe:
         experiment._add_probe(promise.id, self)
         return promise
 
+    def apply(self, node):
+        """Run the function on a stored node now, in this process, with the node
+        loaded for the call only; return its result."""
+        with node.lazy_load():
+            return self.fn(node)
+
+    _safe_op = apply  # dagger's name
+
     def __repr__(self):
         return f"<abgraph.function {self.name}>"
 
@@ -124,3 +197,6 @@ class Probe:
 def function(fn):
     """Decorator: `@abgraph.function def eval_fn(state): return {...}`."""
     return Probe(fn)
+
+
+Function = Probe  # dagger's name: `Function(fn)(promise)`
