@@ -175,7 +175,7 @@ class Experiment:
             recipe_record = (record.recipe, record.recipe_properties, record.recipe_version)
             self._nodes[record.id] = PlannedNode(record.id, list(record.parents), None, recipe_record,
                                                  properties, encoded_properties=record.properties)
-        return self._register(self._nodes[record.id])
+        return StatePromise(self, record.id)  # not tagged: it was made before, under its own tags
 
     def _real_properties(self, record):
         """The properties as Python objects (not as stored: a function is stored by

@@ -146,7 +146,10 @@ def code_version(cls, stop_at) -> str:
 
 def normalized_source(obj) -> str:
     """AST dump of the source (comments and formatting gone); bytecode where the
-    source is not available (e.g. a class defined in an interactive session)."""
+    source is not available (e.g. a class defined in an interactive session) and
+    for a lambda (its source is the whole line, which two lambdas may share)."""
+    if getattr(obj, "__name__", None) == "<lambda>":
+        return _bytecode_fingerprint(obj)
     try:
         source = textwrap.dedent(inspect.getsource(obj))
         return ast.dump(ast.parse(source))

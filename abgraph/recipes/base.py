@@ -5,7 +5,7 @@ import difflib
 import inspect
 
 from .. import identity
-from ..state import refuse_reserved
+from ..state import ExperimentState, refuse_reserved
 
 
 class Recipe:
@@ -86,6 +86,7 @@ class Recipe:
     def __call__(self, *inputs):
         if not inputs:
             raise TypeError(f"{type(self).__name__} needs at least one input state")
+        inputs = tuple(_promised(i) for i in inputs)
         experiment = getattr(inputs[0], "experiment", None)
         if experiment is None:
             raise TypeError(f"{type(self).__name__} was called on {type(inputs[0]).__name__}; "
@@ -98,6 +99,11 @@ class Recipe:
         except TypeError:
             args = "…"
         return f"{type(self).__name__}({args})"
+
+
+def _promised(value):
+    """A stored node (from `exp.graph`) grows the graph as its promise does."""
+    return value.to_promise() if isinstance(value, ExperimentState) else value
 
 
 def check_recipe_class(cls) -> None:
@@ -175,6 +181,7 @@ class Probe:
         self.__wrapped__ = fn
 
     def __call__(self, promise):
+        promise = _promised(promise)
         experiment = getattr(promise, "experiment", None)
         if experiment is None:
             raise TypeError(f"{self.name} was called on {type(promise).__name__}; "
