@@ -170,6 +170,10 @@ class Experiment:
         if record.status != "done":
             raise RuntimeError(f"node {record.id[:12]} is {record.status}, not done: rebuild it with its "
                                "recipe (its code is not stored) and run again")
+        made_with = record.state_class.rsplit(".", 1)[-1]
+        if self.state_class.__qualname__ != made_with:
+            raise TypeError(f"node {record.id[:12]} is a {made_with}; to grow from it, restore with "
+                            f"Experiment.restore({str(self.directory)!r}, state_class={made_with})")
         if record.id not in self._nodes:
             properties = self._real_properties(record) or dict(node._ab_properties)
             recipe_record = (record.recipe, record.recipe_properties, record.recipe_version)

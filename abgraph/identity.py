@@ -83,6 +83,15 @@ def readable(value):
             return {k: readable(v) for k, v in inner.items()}
         if kind in ("float", "path", "callable"):
             return float(inner) if kind == "float" else inner
+        if kind == "dict":  # keys that are not strings, e.g. ("conv1", "weight")
+            try:
+                return {readable(k): readable(v) for k, v in inner}
+            except TypeError:
+                return value
+    if isinstance(value, dict) and value.keys() == {"partial", "args", "kwargs"}:
+        arguments = [repr(a) for a in readable(value["args"])]
+        arguments += [f"{k}={v!r}" for k, v in readable(value["kwargs"]).items()]
+        return f"partial({', '.join([readable(value['partial'])] + arguments)})"
     if isinstance(value, list):
         return [readable(v) for v in value]
     return value

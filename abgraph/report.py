@@ -21,6 +21,9 @@ class RunReport:
     def ok(self) -> bool:
         return not (self.failed or self.blocked or self.not_run)
 
+    def _repr_pretty_(self, printer, cycle):  # a notebook shows the summary, not the fields
+        printer.text(str(self))
+
     def __str__(self):
         line = (f"{len(self.executed)} executed, {len(self.cached)} cached, {len(self.failed)} failed, "
                 f"{len(self.blocked)} blocked")

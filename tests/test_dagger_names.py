@@ -116,6 +116,8 @@ def test_the_graph_under_dagger_names(tmp_path):
     with pytest.raises(TypeError, match="NodeSet"):
         graph.nodes & "ops"
     assert "digraph" in graph.to_graphviz().source
+    with pytest.raises(TypeError, match="state_class=Pair"):  # growing needs the class, not a generic state
+        Op(mul, 2)(dg.Experiment.restore(tmp_path).graph.node(first.id))
     drawn = graph.draw(tmp_path / "graph", format="png", view=False)
     assert drawn.endswith("graph.png") and (tmp_path / "graph.png").stat().st_size > 0
 
