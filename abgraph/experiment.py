@@ -317,8 +317,8 @@ class Experiment:
     def _warn_undeclared_changes(self, stored) -> None:
         """A stored node reused although its recipe now differs outside PROPERTIES:
         the stored result was made with other values. Say so."""
-        reused = [n for n in self._nodes.values() if n.recipe is not None and undeclared_fingerprint(n.recipe)
-                  and stored.get(n.id, (None,))[0] == "done"]
+        reused = [n for n in self._nodes.values() if n.recipe is not None
+                  and stored.get(n.id, (None,))[0] == "done" and undeclared_fingerprint(n.recipe)]
         if not reused:
             return
         records = {r.id: r for r in self.index.records([n.id for n in reused])}

@@ -66,10 +66,10 @@ class ExperimentState:
 
     def _changed_properties(self) -> dict:
         """Properties a recipe (or initialize_state) set: kept on the node and its descendants."""
-        cls = type(self).__name__
+        cls, planned = type(self).__name__, self._ab_properties
         return {name: value for name, value in self._current_properties().items()
-                if identity.canonical(value, f"{cls}.{name}")
-                != identity.canonical(self._ab_properties[name], f"{cls}.{name}")}
+                if value is not planned[name] and identity.canonical(value, f"{cls}.{name}")
+                != identity.canonical(planned[name], f"{cls}.{name}")}
 
     def _payload(self) -> dict:
         payload = {name: self.__dict__[name] for name in self._ab_attributes if name in self.__dict__}

@@ -171,10 +171,11 @@ def _compute(task: Task, objects, cache: StateCache, record: NodeRecord):
         if fingerprint := undeclared_fingerprint(task.recipe):
             record.environment["recipe_attributes"] = fingerprint
     state._run_hooks("save_pre_hooks")
-    record.payload, record.blobs, state._ab_snapshot = payload_io.dump(state._payload(), objects, known)
+    payload = state._payload()
+    record.payload, record.blobs, state._ab_snapshot = payload_io.dump(payload, objects, known)
     state._run_hooks("save_post_hooks")
-    changed = state._changed_properties()  # a recipe's `state.a = 7` is kept, and inherited
-    if changed:
+    changed = {name: payload[name] for name in state._ab_properties if name in payload}
+    if changed:  # a recipe's `state.a = 7` is kept with the payload, and inherited
         record.properties = dict(record.properties, **canonical(changed, type(state).__name__)["map"])
     record.metrics = _jsonable(dict(state.metrics), "state.metrics")
     return state
