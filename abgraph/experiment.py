@@ -210,9 +210,11 @@ class Experiment:
             raise RuntimeError(f"this experiment has {len(self._roots)} roots; use the promises "
                                "spawn_new_tree returned, or exp.graph.roots")
         if self._roots:
-            node = self._get(self._roots[0]) if self._roots[0] in self._nodes else \
-                self.graph.node(self._roots[0])
-            return node if node.is_restored or self._roots[0] not in self._nodes else node.restore()
+            root_id, built_here = self._roots[0], self._roots[0] in self._nodes
+            node = self.graph.node(root_id) if root_id in self.graph else None
+            if built_here and (node is None or node.status != "done"):
+                node = self._get(root_id)
+            return node.restore() if built_here and not node.is_restored else node
         roots = self.graph.roots
         if len(roots) > 1:
             raise RuntimeError(f"{self.directory} holds {len(roots)} roots; use exp.graph.roots")

@@ -6,7 +6,7 @@ import fnmatch
 from functools import cached_property
 
 from .identity import canonical, readable
-from .state import ExperimentState
+from .state import ExperimentState, failed_functions
 
 
 class NodeSet(list):
@@ -107,8 +107,12 @@ class NodeSet(list):
                 row[f"recipe.{name}" if clash else name] = readable(value)
             row["tags"] = list(record.tags)
             row.update(record.metrics)
+            failed = failed_functions(record)
             for name, value in record.results.items():
-                row.update(_flatten(name, value))
+                if name in failed:  # the exception's line; the traceback is in node.probe_errors
+                    row[f"{name}.error"] = failed[name].strip().splitlines()[-1]
+                else:
+                    row.update(_flatten(name, value))
             row["status"], row["duration"] = record.status, record.duration
             rows.append(row)
         return pandas.DataFrame(rows)
@@ -348,6 +352,9 @@ class ExperimentGraph:
 
     def __len__(self):
         return len(self._by_id)
+
+    def __contains__(self, node_id) -> bool:
+        return node_id in self._by_id
 
     def __repr__(self):
         statuses = {}

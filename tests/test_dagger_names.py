@@ -18,7 +18,7 @@ class Pair(dg.ExperimentState):
         self.model = torch.nn.Linear(2, 1)
         self.optimizer = torch.optim.SGD(self.model.parameters(), lr=0.1 * scale)
         self.save_pre_hooks.append(self.before_saving)
-        self.save_post_hooks.append(lambda state: state.metrics.update(saved=True))
+        self.save_post_hooks += [self.attach_optimizer, lambda state: state.metrics.update(saved=True)]
         self.load_post_hooks.append(self.attach_optimizer)
 
     def before_saving(self):
