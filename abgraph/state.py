@@ -13,6 +13,16 @@ from .store import payload as payload_io
 HOOKS = ("save_pre_hooks", "save_post_hooks", "load_post_hooks")
 
 
+def _hook_list(name):
+    """A list made on first use: most states never have a hook."""
+    def get(self):
+        return self.__dict__.setdefault(name, [])
+
+    def put(self, hooks):
+        self.__dict__[name] = list(hooks)
+    return property(get, put)
+
+
 class ExperimentState:
     """A model plus its data at one point of an experiment.
 
@@ -29,6 +39,10 @@ class ExperimentState:
     PROPERTIES: list = []
     NONHASHED_ATTRIBUTES: list = []
     VERSION = None
+
+    save_pre_hooks = _hook_list("save_pre_hooks")
+    save_post_hooks = _hook_list("save_post_hooks")
+    load_post_hooks = _hook_list("load_post_hooks")
 
     def __init__(self, parent_sha=None, experiment_object=None):
         """A state made by hand, as in dagger: every property and payload attribute
@@ -49,8 +63,7 @@ class ExperimentState:
         return {"id": record.id if record else None, "metrics": {}, "_ab_record": record,
                 "_ab_graph": graph, "_ab_snapshot": None, "_ab_properties": dict(properties),
                 "_ab_attributes": list(attributes if attributes is not None else cls.NONHASHED_ATTRIBUTES),
-                "_ab_parent_sha": None, "experiment_object": experiment,
-                **{name: [] for name in HOOKS}}
+                "_ab_parent_sha": None, "experiment_object": experiment}
 
     @classmethod
     def _create(cls, properties: dict, record=None, graph=None, attributes=None, experiment=None):
@@ -94,8 +107,8 @@ class ExperimentState:
     def _adopt_payload(self, payload) -> None:
         self.__dict__.update(payload)
         for name in HOOKS:
-            self.__dict__[name] = [h.bind(self) if isinstance(h, _StateMethod) else h
-                                   for h in self.__dict__.get(name, ())]
+            if name in payload:
+                self.__dict__[name] = [h.bind(self) if isinstance(h, _StateMethod) else h for h in payload[name]]
 
     def _run_hooks(self, name) -> None:
         for hook in list(self.__dict__.get(name, ())):
