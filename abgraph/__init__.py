@@ -8,7 +8,7 @@ __version__ = "0.1.0"
 
 from .device import current_device
 from .executors import Executor, ProcessExecutor, SerialExecutor
-from .experiment import Experiment
+from .experiment import Experiment, MissingPropertyError, UndeclaredChangeWarning
 from .graph import ExperimentGraph, NodeSet
 from .recipes import Evaluate, Function, MakePermanent, Prune, Recipe, Reinit, Rewind, Train, function
 from .report import RunReport
@@ -28,5 +28,5 @@ def __getattr__(name):
 
 __all__ = ["AblateFeature", "AblateLayer", "AblationStudy", "RayExecutor", "Evaluate", "MakePermanent", "Prune", "Reinit", "Rewind", "Train", "TorchState",
            "Experiment", "ExperimentGraph", "ExperimentState", "ExperimentStatePromise", "Executor", "Function",
-           "NodeFailedError", "NodeSet", "ProcessExecutor", "Recipe",
+           "MissingPropertyError", "NodeFailedError", "NodeSet", "UndeclaredChangeWarning", "ProcessExecutor", "Recipe",
            "RunReport", "SerialExecutor", "StatePromise", "current_device", "function"]

@@ -10,7 +10,6 @@ import pytest
 import torch
 
 import abgraph as dg
-from abgraph.experiment import UndeclaredChangeWarning
 from conftest import records_by_id, run_cli
 
 
@@ -97,7 +96,7 @@ def test_a_stored_node_reused_with_other_undeclared_values_warns(tmp_path):
     exp.run(executor=dg.ProcessExecutor(workers=1))
     again = dg.Experiment(tmp_path / "exp", state_class=Small)
     NewcomersTrain(5, 0.1)(again.spawn_new_tree(size=3))
-    with pytest.warns(UndeclaredChangeWarning, match=r"NewcomersTrain.lr differs"):
+    with pytest.warns(dg.UndeclaredChangeWarning, match=r"NewcomersTrain.lr differs"):
         report = again.run(executor=dg.ProcessExecutor(workers=1))
     assert report.executed == []
 
