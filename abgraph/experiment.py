@@ -346,7 +346,9 @@ class Experiment:
     @classmethod
     def restore(cls, directory, state_class=None, slim: bool = True) -> "Experiment":
         """Open a stored experiment. Slim (the default) reads only the index and
-        unpickles nothing; `slim=False` also loads every payload."""
+        unpickles nothing; `slim=False` also loads every payload. Give the
+        `state_class` the nodes were made with to grow it: `Recipe(...)(node)`,
+        then `run()` computes only the new nodes."""
         if state_class is not None:
             _check_state_class(state_class)
         directory = Path(directory).expanduser()

@@ -87,6 +87,11 @@ def test_two_recipes_differing_only_outside_properties_are_refused_naming_the_at
         NewcomersTrain(5, 0.1)(root)
     assert "0.01" in str(caught.value) and "0.1" in str(caught.value)
     assert NewcomersTrain(5, 0.01)(root) == first  # the same values are the same node
+    scaled = Logged(3)(root)
+    losses = NewcomersTrain(1, torch.nn.MSELoss())(scaled)  # a cell run again: an equal new object
+    assert NewcomersTrain(1, torch.nn.MSELoss())(scaled) == losses
+    with pytest.raises(ValueError, match="'lr'"):
+        NewcomersTrain(1, torch.nn.L1Loss())(scaled)
     assert Logged(2, verbose=True)(root) == Logged(2)(root)  # declared as not changing the result
 
 

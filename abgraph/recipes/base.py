@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import inspect
+import pickle
 
 from .. import identity
 from ..state import ExperimentState, refuse_reserved
@@ -122,6 +123,8 @@ def _undeclared(recipe) -> dict:
 
 
 def _same(first, second) -> bool:
+    """Equal encodings; else equal (`==`), else equal pickles (two `nn.MSELoss()`
+    made by re-running a notebook cell are the same setting)."""
     if first is second:
         return True
     try:
@@ -129,8 +132,13 @@ def _same(first, second) -> bool:
     except identity.UnsupportedValue:
         pass
     try:
-        return bool(first == second)
-    except Exception:  # e.g. tensors of other shapes, arrays: not comparable means different
+        if bool(first == second):
+            return True
+    except Exception:  # e.g. tensors of other shapes: not comparable that way
+        pass
+    try:
+        return pickle.dumps(first) == pickle.dumps(second)
+    except Exception:
         return False
 
 
