@@ -146,3 +146,11 @@ def test_a_failed_evaluation_drops_its_trial_but_not_the_others():
     assert plan.failed == ["e0r0"]
     assert sorted(plan.stopped) == ["e1r1", "t1r1"]  # best 1 of the 2 scored trials kept
     assert "t0r1" in plan.executed  # a failed evaluation blocks nothing but itself
+
+
+def test_gating_a_node_twice_on_the_same_nodes_opens_it_once():
+    plan = chain_plan()
+    scheduler.gate(plan, "b", ["c"])
+    scheduler.gate(plan, "b", ["c", "d"])
+    assert plan.gated_by == {"c": ["b"], "d": ["b"]}
+    assert drain(plan) == ["root", "a", "c", "d", "b"]

@@ -89,9 +89,10 @@ def gate(state: SchedulerState, node_id, until) -> None:
     if node_id in state.ready:  # its parents are stored: it waits on the gate alone
         state.ready.remove(node_id)
         state.waiting[node_id] = set()
-    state.gates.setdefault(node_id, set()).update(holding)
-    for other in holding:
+    gates = state.gates.setdefault(node_id, set())
+    for other in holding - gates:
         state.gated_by.setdefault(other, []).append(node_id)
+    gates |= holding
 
 
 def _can_start(state: SchedulerState, node_id) -> bool:
