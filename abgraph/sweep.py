@@ -261,7 +261,7 @@ DIRECTIONS = ("max", "min")
 
 
 def halving(root, trials: Tagged[Any], *, evaluate, rungs, metric: str, keep: float = 1 / 3,
-            direction: str = "max", budget: str = "epochs") -> list:
+            direction: str = "max", budget: str = "epochs", from_root: bool = False) -> list:
     """Successive halving over ``trials``: train every trial in rungs and keep
     only the best ``keep`` fraction after each rung.
 
@@ -276,26 +276,31 @@ def halving(root, trials: Tagged[Any], *, evaluate, rungs, metric: str, keep: fl
     and ``rung:N``. The rule is stored with the experiment: ``exp.run()``
     applies it, ``exp.run(early_stopping=False)`` resumes stopped trials from
     their last stored rung, and calling ``halving`` again on the same trials
-    with more rungs or a larger ``keep`` replaces it. A trained rung starts a
-    fresh optimizer (its state, e.g. Adam's moments, is not part of the model).
+    with a larger ``keep`` replaces it. A trained rung starts a fresh optimizer
+    (its state, e.g. Adam's moments, is not part of the model), so a chain of
+    rungs is close to, not the same as, one long run. ``from_root=True`` trains
+    every rung from ``root`` with the whole budget instead: the last rung is
+    then the full grid's own node (same id), so the winner is exactly what the
+    full grid would have found if it survived the earlier rungs, at the price
+    of training the early epochs again (stopped trials restart from the root).
 
     Returns the last evaluation of every trial (the training node itself when
     ``evaluate`` is a probe), in the order of ``trials``.
     """
     if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep < 1:
         raise ValueError(f"keep must be a fraction between 0 and 1 (e.g. 1/3), not {keep!r}")
-    return _rung_sweep("halving", root, trials, evaluate, rungs, metric, direction, budget, keep)
+    return _rung_sweep("halving", root, trials, evaluate, rungs, metric, direction, budget, keep, from_root)
 
 
 def median_stopping(root, trials: Tagged[Any], *, evaluate, rungs, metric: str, direction: str = "max",
-                    budget: str = "epochs") -> list:
+                    budget: str = "epochs", from_root: bool = False) -> list:
     """Like :func:`halving`, but after each rung stop the trials whose ``metric``
     is worse than the median of the trials still running (the median rule of
     Google Vizier and Optuna's ``MedianPruner``, on whole rungs)."""
-    return _rung_sweep("median", root, trials, evaluate, rungs, metric, direction, budget, 0.5)
+    return _rung_sweep("median", root, trials, evaluate, rungs, metric, direction, budget, 0.5, from_root)
 
 
-def _rung_sweep(kind, root, trials, evaluate, rungs, metric, direction, budget, keep) -> list:
+def _rung_sweep(kind, root, trials, evaluate, rungs, metric, direction, budget, keep, from_root) -> list:
     from .recipes.base import Probe, Recipe
     from .state import StatePromise
     from .stopping import StoppingRule
@@ -328,7 +333,8 @@ def _rung_sweep(kind, root, trials, evaluate, rungs, metric, direction, budget, 
         chain, state, reached = [], root, 0
         for number, total in enumerate(rungs, 1):
             with experiment.tag(*tags, f"rung:{number}"):
-                state = _with_budget(recipe, budget, total - reached)(state)
+                start = root if from_root else state
+                state = _with_budget(recipe, budget, total if from_root else total - reached)(start)
                 measured = evaluate(state)
             chain.append([state.id, measured.id])
             reached = total

@@ -135,3 +135,16 @@ def test_halving_checks_its_arguments_when_the_graph_is_built(tmp_path):
     assert len(leaves) == 2 and len(exp._nodes) == 1 + 2 * 2 * 2
     epochs = sorted(node.recipe.epochs for node in exp._nodes.values() if type(node.recipe) is ab.Train)
     assert epochs == [1, 1, 2, 2]
+
+
+def test_from_root_trains_each_rung_from_the_root_so_the_last_is_the_full_grids_node(tmp_path):
+    exp = ab.Experiment(tmp_path, state_class=ab.TorchState)
+    root = exp.spawn_new_tree(model_fn=torch.nn.Identity, data_fn=tuple, seed=0)
+    trials = sweep.grid(ab.Train, lr=[0.1, 0.01], epochs=5)
+    leaves = sweep.halving(root, trials, evaluate=ab.Evaluate(metrics=("accuracy",)), rungs=[1, 5],
+                           metric="accuracy", from_root=True)
+    trains = [node for node in exp._nodes.values() if type(node.recipe) is ab.Train]
+    assert all(node.parents == [root.id] for node in trains)
+    assert sorted(node.recipe.epochs for node in trains) == [1, 1, 5, 5]
+    full = [ab.Evaluate(metrics=("accuracy",))(train(root)) for _, train in trials]
+    assert [leaf.id for leaf in leaves] == [f.id for f in full]  # the full grid's own nodes

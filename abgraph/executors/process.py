@@ -17,9 +17,9 @@ from .. import serialization
 from ..store import NodeRecord
 from .base import Executor, Worker
 from .task import StateCache, record_for
-from .worker import IDLE_EXIT
 
 
+IDLE_EXIT = 75  # the exit code of a kept worker that had no work for its idle timeout
 _DEVICE = re.compile(r"cpu|cuda(:\d+)?|mps|xpu(:\d+)?")
 
 
@@ -140,6 +140,15 @@ class _ProcessWorker(Worker):
         self.process = self.connection = None
 
 
+def _store_identity(location) -> tuple:
+    """A local object folder deleted and made again between runs is another
+    store: states a worker kept would name blobs it no longer has."""
+    try:
+        return location, os.stat(location).st_ino
+    except OSError:  # remote (fsspec), or not made yet
+        return location, None
+
+
 def interactive() -> bool:
     """A notebook or a REPL (`python -i` included): runs come one after another
     with the user thinking in between, so workers are worth keeping."""
@@ -196,7 +205,7 @@ class ProcessExecutor(Executor):
         self.workers = [_ProcessWorker(f"worker-{i}", d, cache_size) for i, d in enumerate(self.devices)]
         self.attempts: dict = {}
         self.payload_loads = 0
-        self.objects_root = None
+        self.objects_root = self._store = None
         self._retry_queue: list = []
         self._resent: set = set()
 
@@ -218,16 +227,16 @@ class ProcessExecutor(Executor):
     def open(self, objects) -> None:
         """Start every worker now (they import torch in parallel while the run
         begins); kept workers of an earlier run switch to `objects` if it changed."""
-        root = objects.location
+        root, identity = objects.location, _store_identity(objects.location)
         for worker in self.workers:
             if worker.exited():
                 worker.forget()
             if worker.process is None:
                 continue
-            if root != self.objects_root:  # another experiment: its states are not this one's
+            if identity != self._store:  # another experiment, or this folder made anew: forget its states
                 self._send(worker, ("objects", root))
                 worker.mirror = StateCache(self.cache_size)
-        self.objects_root = root
+        self.objects_root, self._store = root, identity
         for worker in self.workers:
             if worker.process is None:
                 self._start(worker)

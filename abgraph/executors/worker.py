@@ -23,15 +23,13 @@ def _die_with_parent() -> None:
             pass
 
 
-IDLE_EXIT = 75  # the exit code of a kept worker that had no work for its idle timeout
-
-
 def serve(fd: int) -> int:
     """Run tasks until the driver closes the connection (0) or, for a kept
     worker, until no task came for `idle_timeout` seconds (IDLE_EXIT)."""
     from multiprocessing.connection import Connection
 
     from .. import serialization
+    from .process import IDLE_EXIT
     connection = Connection(socket.socket(fileno=fd).detach())
     settings = pickle.loads(connection.recv_bytes())
     sys.path[:0] = [p for p in settings["sys_path"] if p not in sys.path]
