@@ -11,8 +11,8 @@ loading the parent from disk, storing the result. Target: at most 0.1 s, with
 
 - the default executor of an interactive session (this script sets `sys.ps1`,
   as the REPL and IPython do, so `exp.run()` uses the session's executor);
-- `ProcessExecutor(start="fresh")` kept alive (fresh-interpreter workers, as
-  on a GPU box where forking is unsafe);
+- `ProcessExecutor(start="fresh", keep_alive=True)` (fresh-interpreter workers,
+  as on a GPU box where forking is unsafe);
 
 and, as the baseline, workers started afresh at every run (`keep_alive=False`,
 what every run paid before), from a fresh interpreter too. Each figure is the
@@ -116,8 +116,9 @@ def main():
     figures = {
         "default executor, interactive session": second_runs("default executor, interactive session",
                                                              lambda: None, added),
-        'ProcessExecutor(start="fresh"), kept': second_runs(
-            'ProcessExecutor(start="fresh"), kept', lambda: dg.ProcessExecutor(start="fresh"), added),
+        'ProcessExecutor(start="fresh", keep_alive=True)': second_runs(
+            'ProcessExecutor(start="fresh", keep_alive=True)',
+            lambda: dg.ProcessExecutor(start="fresh", keep_alive=True), added),
     }
     baseline = second_runs('baseline: start="fresh", keep_alive=False',
                            lambda: dg.ProcessExecutor(start="fresh", keep_alive=False), added)

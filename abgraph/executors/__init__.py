@@ -15,7 +15,7 @@ def default_executor():
     if not interactive():
         return ProcessExecutor()
     if _session_executor is None:
-        _session_executor = ProcessExecutor()
+        _session_executor = ProcessExecutor(keep_alive=True)
     return _session_executor
 
 

@@ -10,7 +10,6 @@ import socket
 import subprocess
 import sys
 import time
-import weakref
 from multiprocessing.connection import Connection, wait
 
 from .. import serialization
@@ -155,7 +154,7 @@ def interactive() -> bool:
     return bool(hasattr(sys, "ps1") or sys.flags.interactive or "ipykernel" in sys.modules)
 
 
-_OPEN_EXECUTORS: "weakref.WeakSet" = weakref.WeakSet()
+_OPEN_EXECUTORS: set = set()  # held until closed, so that no worker is left to its idle timeout
 
 
 @atexit.register
@@ -177,9 +176,9 @@ class ProcessExecutor(Executor):
     (`can_fork`; `start="fresh"` or `"fork"` decides yourself).
 
     A worker keeps the states it just made (up to `cache_size`) and is given
-    their children first. `keep_alive` keeps the workers, with those states,
-    from one `run()` to the next; by default it does in a notebook or REPL and
-    inside ``with ProcessExecutor() as executor:``, and not in a script. Kept
+    their children first. `keep_alive=True` keeps the workers, with those
+    states, from one `run()` to the next, as the default executor of a notebook
+    or REPL does, and any inside ``with ProcessExecutor() as executor:``. Kept
     workers exit after `idle_timeout` seconds without work, at `close()`, at
     the end of the `with` block and when the interpreter exits; they never
     outlive this process. A worker that dies fails its node ("worker died") and
@@ -212,9 +211,7 @@ class ProcessExecutor(Executor):
     # -- lifecycle -----------------------------------------------------------
     @property
     def keeps_workers(self) -> bool:
-        if self.keep_alive is not None:
-            return self.keep_alive
-        return self._in_block or interactive()
+        return self._in_block if self.keep_alive is None else self.keep_alive
 
     def __enter__(self):
         self._in_block = True
