@@ -61,14 +61,14 @@ def halving_runs(tmp_path_factory):
     runs = {mode: run_script(tmp_path, script, directory, mode)[0] for mode in ("first", "again")}
     after_two = ab.Experiment.restore(directory).graph
     statuses = {node.id: node.status for node in after_two.nodes}
-    frame, cli = after_two.to_dataframe(), run_cli("ls", directory)
+    frame, cli, verify = after_two.to_dataframe(), run_cli("ls", directory), run_cli("verify", directory)
     drawing = after_two.draw(tmp_path / "graph", format="svg")
     db = sqlite3.connect(directory / "abgraph.sqlite")
     reasons = [row[0] for row in db.execute("SELECT error FROM nodes WHERE status='stopped'")]
     db.close()
     runs["resume"] = run_script(tmp_path, script, directory, "resume")[0]
     return dict(runs=runs, directory=directory, statuses=statuses, frame=frame, ls=cli.stdout,
-                svg=open(drawing).read(), reasons=reasons)
+                svg=open(drawing).read(), reasons=reasons, verify=verify)
 
 
 def test_halving_runs_all_first_rungs_and_keeps_the_best_third(halving_runs):
@@ -95,6 +95,10 @@ def test_stopped_is_shown_by_ls_dataframe_and_draw(halving_runs):
     stopped = frame[frame["status"] == "stopped"]
     assert stopped["tags"].map(lambda tags: "rung:2" in tags or "rung:3" in tags).all()
     assert "dotted" in halving_runs["svg"] or 'stroke-dasharray="1,5"' in halving_runs["svg"]
+
+
+def test_an_experiment_with_stopped_nodes_verifies_clean(halving_runs):
+    assert halving_runs["verify"].returncode == 0, halving_runs["verify"].stdout
 
 
 def test_the_reason_is_stored_on_each_stopped_node(halving_runs):
