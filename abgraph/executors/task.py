@@ -12,11 +12,11 @@ import traceback
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from .. import payloads
 from ..device import using_device
 from ..identity import canonical
 from ..recipes.base import undeclared_fingerprint
 from ..state import FAILED_PROBE, ExperimentState
-from ..store import payload as payload_io
 from ..store import NodeRecord
 from .scheduler import COMPUTE
 
@@ -75,7 +75,7 @@ class StateCache:
             self._states.move_to_end(node_id)
             return state
         self.loads += 1
-        return state_class._create(properties)._load(digest, objects)
+        return payloads.load(state_class, properties, digest, objects)
 
 
 _ENVIRONMENT: dict = {}
@@ -134,7 +134,7 @@ def execute(task: Task, objects, cache: StateCache, device="cpu", reraise=False)
 def _probe(probe, state, node_id, record: NodeRecord) -> None:
     """A function that raises records its error on itself; the node stays done
     and nothing is blocked (it runs again next time)."""
-    view, _ = state._fork()
+    view, _ = payloads.fork(state)
     view.id, view.metrics = node_id, dict(state.metrics)
     try:
         record.results[probe.name] = _jsonable(probe.fn(view), probe.name)
@@ -146,19 +146,19 @@ def _probe(probe, state, node_id, record: NodeRecord) -> None:
 
 def _compute(task: Task, objects, cache: StateCache, record: NodeRecord):
     if task.recipe is None:
-        state = task.state_class._create(task.properties)
+        state = payloads.new(task.state_class, task.properties)
         state.id = task.node_id
         state.initialize_state(**task.properties, **task.arguments)
         known = {}
     else:
         inputs = [cache.get(p, d, task.state_class, task.properties, objects)
                   for p, d in zip(task.parents, task.parent_payloads)]
-        others = [other._fork()[0] for other in inputs[1:]]
+        others = [payloads.fork(other)[0] for other in inputs[1:]]
         first = task.parents[0]
         if first not in cache or first in task.release:
-            state, known = inputs[0]._take()  # no one else will use this parent object
+            state, known = payloads.take(inputs[0])  # no one else will use this parent object
         else:
-            state, known = inputs[0]._fork()
+            state, known = payloads.fork(inputs[0])
         state.id = task.node_id
         produced = task.recipe.run(state, *others)
         if not isinstance(produced, ExperimentState):
@@ -170,13 +170,10 @@ def _compute(task: Task, objects, cache: StateCache, record: NodeRecord):
         state = produced
         if fingerprint := undeclared_fingerprint(task.recipe):
             record.environment["recipe_attributes"] = fingerprint
-    state._run_hooks("save_pre_hooks")
-    payload = state._payload()
-    record.payload, record.blobs, state._ab_snapshot = payload_io.dump(payload, objects, known)
-    state._run_hooks("save_post_hooks")
-    changed = {name: payload[name] for name in state._ab_properties if name in payload}
-    if changed:  # a recipe's `state.a = 7` is kept with the payload, and inherited
-        record.properties = dict(record.properties, **canonical(changed, type(state).__name__)["map"])
+    record.payload, record.blobs = payloads.dump(state, objects, known)
+    written = payloads.written_properties(state)
+    if written:  # a recipe's `state.a = 7` is kept with the payload, and inherited
+        record.properties = dict(record.properties, **canonical(written, type(state).__name__)["map"])
     record.metrics = _jsonable(dict(state.metrics), "state.metrics")
     return state
 
