@@ -25,15 +25,11 @@ def _say(command, message) -> None:
 
 
 def _selected(args):
-    """The nodes `ls` lists: tag filters (AND), statuses (OR), leaves; what
-    matched nothing is said on stderr."""
+    """The nodes `ls` lists: tag filters (AND), statuses (OR), leaves (a filter
+    no tag matches warns: `main` says so on stderr)."""
     nodes = _open(args.directory).graph.nodes
-    with warnings.catch_warnings(record=True) as caught:
-        warnings.simplefilter("always")
-        for pattern in args.filter or ():
-            nodes = nodes.filter(pattern)
-    for warning in caught:
-        _say("ls", warning.message)
+    for pattern in args.filter or ():
+        nodes = nodes.filter(pattern)
     if args.status:
         nodes = type(nodes)(n for n in nodes if n._ab_record.status in args.status)
     if args.leaves:
@@ -68,10 +64,12 @@ def _fields(record) -> dict:
 
 
 def _shown(value) -> str:
-    if isinstance(value, dict):
-        return ", ".join(f"{k}={_shown(v)}" for k, v in value.items()) or "—"
+    from .identity import readable
+    value = readable(value)
+    if isinstance(value, float):
+        return f"{value:.6g}"
     if isinstance(value, (list, tuple)):
-        return ", ".join(map(str, value)) or "—"
+        return "[" + ", ".join(map(_shown, value)) + "]"
     return "—" if value is None else str(value)
 
 
@@ -83,9 +81,15 @@ def cmd_show(args):
     error = fields.pop("error")
     if fields["duration"] is not None:
         fields["duration"] = f"{fields['duration']:.3f} s"
-    width = max(map(len, fields))
+    nested = [len(k) + 2 for value in fields.values() if isinstance(value, dict) for k in value]
+    width = max(*nested, *map(len, fields))
     for name, value in fields.items():
-        print(f"{name:{width}}  {_shown(value)}")
+        if isinstance(value, dict):   # properties, metrics, results...: one line each
+            print(name if value else f"{name:{width}}  —")
+            for key, inner in value.items():
+                print(f"  {key:{width - 2}}  {_shown(inner)}")
+        else:
+            print(f"{name:{width}}  {', '.join(value) if isinstance(value, list) else _shown(value)}")
     if error:
         print(f"\nerror:\n{error.rstrip()}")
 
@@ -170,7 +174,10 @@ def parser() -> argparse.ArgumentParser:
 def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
-        return args.run(args) or 0
+        with warnings.catch_warnings():   # a warning is said in one line, as the errors are
+            warnings.simplefilter("always")
+            warnings.showwarning = lambda message, *_, **__: _say(args.command, message)
+            return args.run(args) or 0
     except (KeyError, ValueError, RuntimeError, TypeError, OSError) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         _say(args.command, message)

@@ -294,8 +294,7 @@ class ExperimentGraph:
                                direction=direction, collapse=collapse)
 
     def _repr_svg_(self):
-        from .drawing import to_dot
-        return to_dot(self.nodes)._repr_image_svg_xml()
+        return self.draw()._repr_image_svg_xml()
 
     def __len__(self):
         return len(self._by_id)
