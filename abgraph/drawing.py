@@ -12,7 +12,6 @@ from __future__ import annotations
 import html
 import json
 import re
-import textwrap
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -151,7 +150,22 @@ def _label(group: Group, by_id: dict, metrics, shown_names, over) -> str:
 
 
 def _wrapped(texts) -> list:
-    return [html.escape(line) for text in texts for line in textwrap.wrap(text, WRAP, break_on_hyphens=False)]
+    """Label lines of at most WRAP characters, broken after a space, `_`, `.`, `=`
+    or `,` where possible (`model_fn=` / `base_model_generator`), escaped."""
+    lines = []
+    for text in texts:
+        line = ""
+        for piece in re.findall(r"[^ _.=,]*[ _.=,]?", text):
+            if line and len(line) + len(piece.rstrip()) > WRAP:
+                lines.append(line.rstrip())
+                line = ""
+            while len(piece) > WRAP:
+                lines.append(piece[:WRAP])
+                piece = piece[WRAP:]
+            line += piece
+        if line.strip():
+            lines.append(line.rstrip())
+    return [html.escape(line) for line in lines]
 
 
 def _metric_text(group: Group, metric):
@@ -212,6 +226,8 @@ def _check_measured(nodes, names) -> None:
 def _short(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
+    if isinstance(value, (tuple, list)):
+        return ", ".join(map(_short, value)) or "none"
     text = str(value).removeprefix("__main__.")   # a script's function: its name says enough
     return text if len(text) <= 3 * WRAP else text[:3 * WRAP - 3] + "..."
 
@@ -300,11 +316,12 @@ def page_scale(size) -> float:
 
 
 def _fitted(nodes, direction, **options):
-    """The dot graph in the given direction, or the one of TB/LR that fits A3 best."""
+    """The dot graph in the given direction, or the one of TB/LR that fits A3
+    best, with its size in inches (None where not laid out yet)."""
     if direction is not None:
-        return to_dot(nodes, direction=direction, **options)
-    candidates = [to_dot(nodes, direction=d, **options) for d in ("TB", "LR")]
-    return min(candidates, key=lambda dot: page_scale(layout_size(dot)))
+        return to_dot(nodes, direction=direction, **options), None
+    candidates = [(dot, layout_size(dot)) for dot in (to_dot(nodes, direction=d, **options) for d in ("TB", "LR"))]
+    return min(candidates, key=lambda candidate: page_scale(candidate[1]))
 
 
 def draw(nodes, filename=None, format="pdf", label=None, color_by=None, metrics=None, direction=None,
@@ -326,10 +343,10 @@ def draw(nodes, filename=None, format="pdf", label=None, color_by=None, metrics=
             raise FileNotFoundError(f"cannot write {filename}: there is no folder {path.parent}")
     nodes = list(nodes)
     try:
-        dot = _fitted(nodes, direction, label=label, color_by=color_by, metrics=metrics, collapse=collapse)
+        dot, size = _fitted(nodes, direction, label=label, color_by=color_by, metrics=metrics, collapse=collapse)
         if filename is None:
             return dot
-        _warn_if_larger_than_a3(dot, len(nodes))
+        _warn_if_larger_than_a3(dot, size or layout_size(dot), len(nodes))
         return dot.render(str(path), format=format, cleanup=True)
     except graphviz.ExecutableNotFound as error:
         raise RuntimeError("drawing needs the graphviz `dot` program: install it with "
@@ -337,9 +354,9 @@ def draw(nodes, filename=None, format="pdf", label=None, color_by=None, metrics=
                            "(macOS) or `conda install graphviz`") from error
 
 
-def _warn_if_larger_than_a3(dot, count) -> None:
-    width, height = layout_size(dot)
-    if page_scale((width, height)) > 1:
+def _warn_if_larger_than_a3(dot, size, count) -> None:
+    width, height = size
+    if page_scale(size) > 1:
         boxes = len(re.findall(r"^\s*\S+ \[label=<", dot.source, flags=re.M))
         warnings.warn(f"the drawing of {count} nodes ({boxes} boxes) is {width:.0f} x {height:.0f} in, "
                       f"larger than A3 ({A3_INCHES[1]} x {A3_INCHES[0]} in) at a readable font: "
