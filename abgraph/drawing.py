@@ -346,7 +346,7 @@ def draw(nodes, filename=None, format="pdf", label=None, color_by=None, metrics=
         dot, size = _fitted(nodes, direction, label=label, color_by=color_by, metrics=metrics, collapse=collapse)
         if filename is None:
             return dot
-        _warn_if_larger_than_a3(dot, size or layout_size(dot), len(nodes))
+        _warn_if_larger_than_a3(dot, size or layout_size(dot), len(nodes), collapse)
         return dot.render(str(path), format=format, cleanup=True)
     except graphviz.ExecutableNotFound as error:
         raise RuntimeError("drawing needs the graphviz `dot` program: install it with "
@@ -354,11 +354,12 @@ def draw(nodes, filename=None, format="pdf", label=None, color_by=None, metrics=
                            "(macOS) or `conda install graphviz`") from error
 
 
-def _warn_if_larger_than_a3(dot, size, count) -> None:
+def _warn_if_larger_than_a3(dot, size, count, over) -> None:
     width, height = size
     if page_scale(size) > 1:
         boxes = len(re.findall(r"^\s*\S+ \[label=<", dot.source, flags=re.M))
-        warnings.warn(f"the drawing of {count} nodes ({boxes} boxes) is {width:.0f} x {height:.0f} in, "
+        collapsed = f", {over} replicas collapsed" if boxes < count else ""
+        warnings.warn(f"the drawing of {count} nodes ({boxes} boxes{collapsed}) is {width:.0f} x {height:.0f} in, "
                       f"larger than A3 ({A3_INCHES[1]} x {A3_INCHES[0]} in) at a readable font: "
                       "draw a part, e.g. graph.nodes.filter('tag').draw(...) or "
                       "graph.nodes.where(recipe='Evaluate').draw(...)", stacklevel=3)

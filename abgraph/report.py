@@ -48,6 +48,8 @@ class RunReport:
             lines.append(f"  first error ({first[:12]}): {last_line(self.errors.get(first))}")
             lines.append(f"  traceback: abgraph show {folder} {first[:12]}")
             lines.append(f"  all of them: abgraph ls {folder} --status failed --status blocked")
+        if self.not_run:
+            lines.append("  run again to finish: what is stored is not computed twice")
         return "\n".join(lines)
 
     def raise_for_failures(self, raise_on_failure: bool = True) -> "RunReport":
