@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import math
 import re
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
 
 import numpy as np
-import pandas as pd
 from scipy import special
 from scipy import stats as _st
 
@@ -83,14 +83,18 @@ class Comparison:
 def _floats(values: Iterable[float]) -> np.ndarray:
     """Values as a 1-D float array, with None and pd.NA turned into NaN.
 
-    Goes through pandas so nullable columns of a node table (``Float64``,
-    ``object`` with ``None``) behave like any other missing value.
+    Nullable columns of a node table (``Float64``, ``object`` with ``None``)
+    behave like any other missing value. Plain sequences need no pandas (the
+    `abgraph draw` command averages replicas without loading it): a value can
+    only be ``pd.NA`` if pandas is already imported.
     """
     if isinstance(values, np.ndarray):
         return values.astype(float, copy=False).ravel()
-    if not isinstance(values, (pd.Series, pd.Index)):
-        values = pd.Series(list(values), dtype=object)
-    return values.to_numpy(dtype=float, na_value=np.nan).ravel()
+    if hasattr(values, "to_numpy"):   # a pandas Series or Index
+        return values.to_numpy(dtype=float, na_value=np.nan).ravel()
+    pandas = sys.modules.get("pandas")
+    missing = (None,) if pandas is None else (None, pandas.NA)
+    return np.array([np.nan if any(v is m for m in missing) else v for v in values], dtype=float).ravel()
 
 
 def _finite(values: Iterable[float]) -> np.ndarray:
@@ -151,7 +155,7 @@ def describe(values: Iterable[float], confidence: float = 0.95,
     low, high = mean - half, mean + half
     if bounds is None:
         return Summary(n, mean, std, low, high, "t")
-    low, high = max(low, bounds[0]), min(high, bounds[1])
+    low, high = max(low, float(bounds[0])), min(high, float(bounds[1]))
     return Summary(n, mean, std, low, high, f"t, clipped to [{bounds[0]:g}, {bounds[1]:g}]")
 
 
@@ -255,6 +259,7 @@ def summarize(
     ``ValueError`` listing the available columns, since the caller is usually
     guessing a property name.
     """
+    import pandas as pd   # only here: describing values needs no DataFrame
     confidence = _check_confidence(confidence)
     by_cols = [by] if isinstance(by, str) else list(by)
     available = [str(c) for c in df.columns]

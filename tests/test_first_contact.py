@@ -383,6 +383,10 @@ def test_the_demo_graph_fits_an_a3_page_at_a_readable_size(tmp_path):
     assert re.search(r"accuracy=0\.\d+ (± [\d.e-]+|\[)", dot.source)   # mean ± CI
     every = graph.draw(collapse=None)
     assert every.source.count("×3") == 0 and every.source.count("[label=<") == 105
+    # from a shell: the same page, replicas averaged without torch or pandas
+    done, modules = imported_modules("draw", tmp_path / "exp", "-o", tmp_path / "cli.pdf", "--metric", "accuracy")
+    assert done.returncode == 0 and not {"torch", "pandas"} & modules, done.stderr[-2000:]
+    assert max(page_points(tmp_path / "cli.pdf")) <= 1191
 
 
 def test_long_values_are_wrapped_not_cut(tmp_path):
