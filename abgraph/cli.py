@@ -46,8 +46,9 @@ def cmd_ls(args):
         print(f"{record.id[:12]}  {record.status:7}  {node._ab_graph.depth(node.id):>5}  {name:18} "
               f"{','.join(record.tags)}")
     if not nodes:
-        _say("ls", "no node matches")
-        return 1
+        chosen = args.filter or args.status or args.leaves
+        _say("ls", "no node matches" if chosen else "no node stored yet")
+        return 1 if chosen else 0
 
 
 def _iso(seconds) -> str | None:
