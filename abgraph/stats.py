@@ -20,10 +20,14 @@ import re
 import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 from scipy import special
 from scipy import stats as _st
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 __all__ = [
     "BOUNDED_WORDS",

@@ -287,11 +287,6 @@ def test_tag_without_with_warns_and_works_as_a_decorator(tmp_path):
     assert exp.graph.node(inside.id).tags == ["decorated"] and exp.graph.node(outside.id).tags == []
 
 
-def test_the_statsmodels_comparison_runs():
-    """tests/test_stats.py checks Holm against statsmodels: statsmodels is in `dev`, so it runs."""
-    import statsmodels.stats.multitest  # noqa: F401
-
-
 # -- 6. intervals respect their metric ------------------------------------------------------
 
 def test_a_proportion_gets_an_interval_inside_0_1():
