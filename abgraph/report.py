@@ -12,6 +12,7 @@ class RunReport:
     cached: list = field(default_factory=list)
     failed: list = field(default_factory=list)
     blocked: list = field(default_factory=list)
+    stopped: list = field(default_factory=list)   # by an early-stopping rule: not failures
     not_run: list = field(default_factory=list)   # left when the run was interrupted
     durations: dict = field(default_factory=dict)
     errors: dict = field(default_factory=dict)
@@ -26,6 +27,8 @@ class RunReport:
     def __str__(self):
         line = (f"{len(self.executed)} executed, {len(self.cached)} cached, {len(self.failed)} failed, "
                 f"{len(self.blocked)} blocked")
+        if self.stopped:
+            line += f", {len(self.stopped)} stopped"
         if self.not_run:
             line += f", {len(self.not_run)} not run"
         line += f" in {self.elapsed:.1f}s" + (" (interrupted)" if self.interrupted else "")
@@ -40,7 +43,7 @@ class RunReport:
         parts = [f"{len(self.failed)} failed", f"{len(self.blocked)} blocked by a failed ancestor"]
         if self.not_run:
             parts.append(f"{len(self.not_run)} not run (interrupted)")
-        total = len(self.executed) + len(self.cached) + len(self.failed) + len(self.blocked) + len(self.not_run)
+        total = sum(map(len, (self.executed, self.cached, self.failed, self.blocked, self.stopped, self.not_run)))
         lines = [f"abgraph: run did not finish: {', '.join(parts)} of {total} nodes"]
         folder = shlex.quote(str(self.directory or "DIR"))
         if self.failed:
