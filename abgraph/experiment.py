@@ -4,15 +4,14 @@ from __future__ import annotations
 import contextlib
 import difflib
 import fcntl
+import functools
 import inspect
-import sys
 import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import identity, stopping
+from . import identity
 from .graph import ExperimentGraph
-from .recipes.base import check_recipe_class, undeclared_difference, undeclared_fingerprint
 from .state import ExperimentState, NodeFailedError, StatePromise, check_declarations
 from .store import FANOUT, OBJECTS_NAME, SCHEMA_VERSION, Index, ObjectStore, open_store
 
@@ -34,6 +33,37 @@ class PlannedNode:
     @property
     def recipe_name(self) -> str:
         return self.recipe_record[0].rsplit(".", 1)[-1]
+
+
+class TagScope:
+    """What `Experiment.tag` returns: a `with` block or a decorator. Left unused
+    (`exp.tag("x")` on its own line) it warns, since it would tag nothing."""
+
+    def __init__(self, experiment, tags: tuple):
+        self.experiment, self.tags, self.used = experiment, tags, False
+
+    def __enter__(self):
+        self.used = True
+        self.experiment._tags.extend(self.tags)
+        return self.experiment
+
+    def __exit__(self, *exc_info):
+        active = self.experiment._tags
+        del active[len(active) - len(self.tags):]
+
+    def __call__(self, function):
+        self.used = True
+
+        @functools.wraps(function)
+        def tagged(*args, **kwargs):
+            with TagScope(self.experiment, self.tags):
+                return function(*args, **kwargs)
+        return tagged
+
+    def __del__(self):
+        if not self.used:
+            warnings.warn(f"exp.tag({', '.join(map(repr, self.tags))}) tagged nothing: use it as "
+                          "`with exp.tag(...):` or as a decorator `@exp.tag(...)`", stacklevel=2)
 
 
 class Experiment:
@@ -77,19 +107,15 @@ class Experiment:
         self._roots = list(state["roots"])
 
     # -- building ----------------------------------------------------------------
-    @contextlib.contextmanager
-    def tag(self, *tags):
-        """Label every node created inside the block (blocks nest); `tag("a", "b")`
-        and dagger's `tag(["a", "b"])` are the same."""
-        tags = [t for tag in tags for t in (tag if isinstance(tag, (list, tuple)) else [tag])]
+    def tag(self, *tags) -> "TagScope":
+        """Label every node created inside `with exp.tag(...):` (blocks nest), or
+        by a function decorated with `@exp.tag(...)`; `tag("a", "b")` and dagger's
+        `tag(["a", "b"])` are the same."""
+        tags = tuple(t for tag in tags for t in (tag if isinstance(tag, (list, tuple)) else [tag]))
         for tag in tags:
             if not isinstance(tag, str) or not tag:
                 raise TypeError(f"a tag is a non-empty string, not {tag!r}")
-        self._tags.extend(tags)
-        try:
-            yield self
-        finally:
-            del self._tags[len(self._tags) - len(tags):]
+        return TagScope(self, tags)
 
     @property
     def tags(self) -> list:
@@ -126,6 +152,7 @@ class Experiment:
         return self._register(PlannedNode(node_id, [], None, record, properties, arguments=extra))
 
     def _add_node(self, recipe, inputs) -> StatePromise:
+        from .recipes.base import check_recipe_class  # the recipes package imports torch
         name = type(recipe).__name__
         check_recipe_class(type(recipe))
         for position, promise in enumerate(inputs):
@@ -151,6 +178,7 @@ class Experiment:
         second would silently never run."""
         existing = self._nodes.setdefault(node.id, node)
         if existing is not node and existing.recipe is not None and node.recipe is not None:
+            from .recipes.base import undeclared_difference
             difference = undeclared_difference(existing.recipe, node.recipe)
             if difference:
                 raise ValueError(difference)
@@ -226,7 +254,7 @@ class Experiment:
             everything, wanted = self._nodes, self._ancestry(node_id)
             self._nodes = {n: node for n, node in everything.items() if n in wanted}
             try:
-                self.run(executor or SerialExecutor())
+                self.run(executor or SerialExecutor(), raise_on_failure=False)  # get() says why
             finally:
                 self._nodes = everything
         node = self.graph.node(node_id)
@@ -245,14 +273,19 @@ class Experiment:
         return seen
 
     # -- running -----------------------------------------------------------------
-    def run(self, executor=None, progress=None, early_stopping: bool = True):
+    def run(self, executor=None, progress=None, early_stopping: bool = True, raise_on_failure: bool = True):
         """Run every node not yet stored; return a `RunReport`.
 
         `executor` defaults to a `ProcessExecutor` using every core or GPU (kept
         between runs in a notebook or REPL); `progress` (None: only on a
         terminal) shows a progress line; `early_stopping=False` ignores the
         sweep's stopping rules, so stopped branches resume from their last rung.
+        A run that leaves failed, blocked or unrun nodes prints a summary to
+        stderr and, once everything is stored, raises `RunFailed` (its `.report`
+        is the report) unless `raise_on_failure=False`.
         """
+        # the run machinery imports torch: not needed to build or browse a graph
+        from . import stopping
         from .executors import default_executor
         from .run import RunLoop
         rules = stopping.rules_for_run(self, early_stopping)
@@ -261,9 +294,8 @@ class Experiment:
             report = RunLoop(self, executor or default_executor(), progress, rules).run()
         self._graph = None
         self._executed.update(report.executed)
-        if report.interrupted:
-            print(f"abgraph: run interrupted; {report}", file=sys.stderr)
-        return report
+        report.directory = str(self.directory)
+        return report.raise_for_failures(raise_on_failure)
 
     def _add_stopping_rule(self, rule) -> None:
         self._stopping_rules[rule.key] = rule
@@ -281,6 +313,7 @@ class Experiment:
     def _warn_undeclared_changes(self, stored) -> None:
         """A stored node reused although its recipe now differs outside PROPERTIES:
         the stored result was made with other values. Say so."""
+        from .recipes.base import undeclared_fingerprint
         reused = [n for n in self._nodes.values() if n.recipe is not None
                   and stored.get(n.id, (None,))[0] == "done" and undeclared_fingerprint(n.recipe)]
         if not reused:

@@ -92,6 +92,9 @@ def readable(value):
         arguments = [repr(a) for a in readable(value["args"])]
         arguments += [f"{k}={v!r}" for k, v in readable(value["kwargs"]).items()]
         return f"partial({', '.join([readable(value['partial'])] + arguments)})"
+    if isinstance(value, dict) and set(value) == {"dataclass", "fields"}:   # as it would print
+        fields = ", ".join(f"{k}={readable(v)!r}" for k, v in value["fields"].items())
+        return f"{value['dataclass'].rsplit('.', 1)[-1]}({fields})"
     if isinstance(value, list):
         return [readable(v) for v in value]
     return value
