@@ -3,6 +3,8 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import importlib
+import sys
 import warnings
 from functools import cached_property
 
@@ -179,15 +181,13 @@ def _node_set(other, operator):
 
 
 def _view(path):
-    """A rendered file shown inline in a notebook (png, svg), else in the system's viewer."""
-    try:
-        from IPython import get_ipython
-        in_notebook = getattr(get_ipython(), "kernel", None) is not None
-    except ImportError:
-        in_notebook = False
+    """A rendered file shown inline in a notebook (png, svg), else in the system's
+    viewer. A notebook kernel has IPython loaded already; nothing else needs it."""
+    ipython = sys.modules.get("IPython")
+    in_notebook = ipython is not None and getattr(ipython.get_ipython(), "kernel", None) is not None
     if in_notebook and path.endswith((".png", ".svg")):
-        from IPython.display import SVG, Image
-        return Image(filename=path) if path.endswith(".png") else SVG(filename=path)
+        display = importlib.import_module("IPython.display")
+        return display.Image(filename=path) if path.endswith(".png") else display.SVG(filename=path)
     import graphviz
     graphviz.view(path)
     return path
