@@ -5,6 +5,7 @@ import difflib
 import fnmatch
 from functools import cached_property
 
+from .diff import measurements
 from .identity import canonical, readable
 from .state import ExperimentState
 
@@ -13,12 +14,13 @@ class NodeSet(list):
     """A list of nodes with queries that return NodeSets again."""
 
     def filter(self, pattern: str) -> "NodeSet":
-        """Nodes with a tag matching the fnmatch `pattern`; `!pattern` negates."""
-        negate = pattern.startswith("!")
-        pattern = pattern[1:] if negate else pattern
-        tags = {t for node in self for t in node._ab_record.tags}
-        matching = set(fnmatch.filter(tags, pattern))
-        return NodeSet(n for n in self if negate != bool(matching.intersection(n._ab_record.tags)))
+        """Nodes whose tags match `pattern`: an fnmatch glob (`amount:0.*`), `!glob`
+        for nodes with no such tag, `a & b` for both, `a | b` for either (`&` binds
+        tighter: `method:l1 & amount:0.5 | dense`)."""
+        if not self:
+            return NodeSet()
+        ids = self[0]._ab_graph.tagged(pattern)
+        return NodeSet(n for n in self if n.id in ids)
 
     def where(self, **conditions) -> "NodeSet":
         """Nodes whose state properties (or recipe properties) equal the given values;
@@ -106,9 +108,7 @@ class NodeSet(list):
                 clash = name in record.properties or name in measured
                 row[f"recipe.{name}" if clash else name] = readable(value)
             row["tags"] = list(record.tags)
-            row.update(record.metrics)
-            for name, value in record.results.items():
-                row.update(_flatten(name, value))
+            row.update(measurements(record))
             row["status"], row["duration"] = record.status, record.duration
             rows.append(row)
         return pandas.DataFrame(rows)
@@ -123,6 +123,14 @@ class NodeSet(list):
         from .drawing import draw
         return draw(self, filename=filename, format=format, label=label, color_by=color_by,
                     metrics=metrics, direction=direction)
+
+    def to_html(self, path, title=None):
+        """One self-contained HTML file to browse these nodes (no server, nothing
+        fetched): graph, node records, tag filter, table, metric plots, diffs.
+        Made from the index and the payloads' tensor lists: nothing is unpickled."""
+        from .html_report import write_report
+        objects = self[0]._ab_graph.objects if self else None
+        return write_report(self, path, title=title, objects=objects)
 
     def summarize(self, metric: str, by, confidence: float = 0.95):
         """n, mean, std and confidence interval of `metric` per group of nodes.
@@ -147,6 +155,27 @@ class NodeSet(list):
         by = [by] if isinstance(by, str) else list(by)
         summary = self.summarize(metric, by, confidence)
         return plot_summary(summary, metric, by, kind=kind, filename=filename, title=title, ax=ax)
+
+
+def parse_tag_pattern(pattern: str) -> list:
+    """`a & !b | c` -> [[(False, "a"), (True, "b")], [(False, "c")]]: alternatives
+    (`|`) of conjunctions (`&`) of globs, each maybe negated (`!`)."""
+    if not isinstance(pattern, str):
+        raise TypeError(f"a tag pattern is a string, not {pattern!r}")
+    alternatives = []
+    for alternative in pattern.split("|"):
+        terms = []
+        for term in alternative.split("&"):
+            term = term.strip()
+            negate = term.startswith("!")
+            glob = term[1:].strip() if negate else term
+            if not glob:
+                raise ValueError(f"tag pattern {pattern!r} has an empty term; write globs joined by "
+                                 "'&' (both) or '|' (either), each maybe prefixed by '!' (not), "
+                                 "e.g. 'method:l1 & !amount:0'")
+            terms.append((negate, glob))
+        alternatives.append(terms)
+    return alternatives
 
 
 def _encoded(value):
@@ -185,15 +214,6 @@ def _number(text):
     return text
 
 
-def _flatten(prefix, value) -> dict:
-    if isinstance(value, dict):
-        flat = {}
-        for key, inner in value.items():
-            flat.update(_flatten(f"{prefix}.{key}", inner))
-        return flat
-    return {prefix: value}
-
-
 class ExperimentGraph:
     """Every stored node of an experiment, slim until a node is restored."""
 
@@ -227,6 +247,30 @@ class ExperimentGraph:
         shown = ", ".join(m[:len(id_or_prefix) + 4] for m in sorted(matches)[:5])
         raise KeyError(f"node id prefix {id_or_prefix!r} is ambiguous: {len(matches)} nodes match "
                        f"({shown}{', …' if len(matches) > 5 else ''}); give more characters")
+
+    @cached_property
+    def _tag_index(self) -> dict:
+        """tag -> ids of the nodes carrying it: a filter matches tags, not nodes."""
+        index: dict = {}
+        for node_id, node in self._by_id.items():
+            for tag in node._ab_record.tags:
+                index.setdefault(tag, []).append(node_id)
+        return index
+
+    def tagged(self, pattern: str) -> set:
+        """Ids of the nodes whose tags match a `NodeSet.filter` pattern."""
+        matched = set()
+        for alternative in parse_tag_pattern(pattern):
+            ids = None
+            for negate, glob in alternative:
+                found = set()
+                for tag in fnmatch.filter(self._tag_index, glob):
+                    found.update(self._tag_index[tag])
+                if negate:
+                    found = self._by_id.keys() - found
+                ids = found if ids is None else ids & found
+            matched |= ids
+        return matched
 
     def children_of(self, node_id) -> NodeSet:
         return NodeSet(self._by_id[c] for c in self._children.get(node_id, ()) if c in self._by_id)
@@ -276,6 +320,10 @@ class ExperimentGraph:
              direction="TB"):
         """Render the graph with graphviz; see `NodeSet.draw` to draw a part of it."""
         return self.nodes.draw(filename, format, label, color_by, metrics, direction)
+
+    def to_html(self, path, title=None):
+        """The whole experiment as a self-contained HTML report; see `NodeSet.to_html`."""
+        return self.nodes.to_html(path, title=title)
 
     def _repr_svg_(self):
         from .drawing import to_dot
