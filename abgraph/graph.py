@@ -17,9 +17,10 @@ class NodeSet(list):
         """Nodes whose tags match `pattern`: an fnmatch glob (`amount:0.*`), `!glob`
         for nodes with no such tag, `a & b` for both, `a | b` for either (`&` binds
         tighter: `method:l1 & amount:0.5 | dense`)."""
+        alternatives = parse_tag_pattern(pattern)
         if not self:
             return NodeSet()
-        ids = self[0]._ab_graph.tagged(pattern)
+        ids = self[0]._ab_graph.tagged(alternatives)
         return NodeSet(n for n in self if n.id in ids)
 
     def where(self, **conditions) -> "NodeSet":
@@ -257,10 +258,10 @@ class ExperimentGraph:
                 index.setdefault(tag, []).append(node_id)
         return index
 
-    def tagged(self, pattern: str) -> set:
-        """Ids of the nodes whose tags match a `NodeSet.filter` pattern."""
+    def tagged(self, pattern) -> set:
+        """Ids of the nodes whose tags match a `NodeSet.filter` pattern (or its parse)."""
         matched = set()
-        for alternative in parse_tag_pattern(pattern):
+        for alternative in parse_tag_pattern(pattern) if isinstance(pattern, str) else pattern:
             ids = None
             for negate, glob in alternative:
                 found = set()

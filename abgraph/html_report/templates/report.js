@@ -25,7 +25,9 @@
     if (value === null || value === undefined) return "None";
     if (value === true) return "True";
     if (value === false) return "False";
-    return typeof value === "object" ? JSON.stringify(value) : String(value);
+    if (Array.isArray(value)) return "[" + value.map(repr).join(", ") + "]";
+    if (typeof value === "object") return "{" + Object.keys(value).map((k) => repr(k) + ": " + repr(value[k])).join(", ") + "}";
+    return String(value);
   }
   function show(value) {
     if (value === null || value === undefined) return "–";
@@ -135,12 +137,12 @@
   }
 
   // -- the graph -----------------------------------------------------------------
-  const visibleGraph = () => document.querySelector('.graph[data-group="' + CSS.escape(state.group) + '"]');
+  const visibleGraph = () => document.querySelector('.graph-view[data-group="' + CSS.escape(state.group) + '"]');
   const titleOf = (g) => { const t = g.querySelector("title"); return t ? t.textContent : ""; };
   function membersOf(key) {
-    if (key.startsWith("group:")) return (data.groups[key] || {}).members || [];
-    if (key.startsWith("sub:")) {
-      const group = key.slice(4, key.lastIndexOf(":"));
+    if (key.startsWith("group/")) return (data.groups[key] || {}).members || [];
+    if (key.startsWith("sub/")) {
+      const group = key.slice(4, key.lastIndexOf("/"));
       return ((data.groups[group] || {}).subgroups || {})[key] || [];
     }
     return [];
@@ -161,9 +163,9 @@
   }
   function showGroup(key) {
     state.group = key;
-    for (const graph of document.querySelectorAll(".graph")) graph.hidden = graph.dataset.group !== key;
+    for (const graph of document.querySelectorAll(".graph-view")) graph.hidden = graph.dataset.group !== key;
     let crumbs = '<a href="#" data-group="">overview</a>';
-    if (key) crumbs += " › " + esc(key.split(":").slice(2).join(":") + " at depth " + key.split(":")[1]) +
+    if (key) crumbs += " › " + esc(key.split("/").slice(2).join("/") + " at depth " + key.split("/")[1]) +
       ' <span class="muted">(' + membersOf(key).length.toLocaleString("en") + " nodes)</span>";
     $("crumbs").innerHTML = crumbs;
     highlight();
@@ -177,8 +179,8 @@
     if (node) {
       const key = titleOf(node);
       if (indexOf.has(key)) select(indexOf.get(key));
-      else if (key.startsWith("group:")) showGroup(key);
-      else if (key.startsWith("sub:")) setMatches(membersOf(key), "the tag group " + node.textContent.trim().split("\n")[0]);
+      else if (key.startsWith("group/")) showGroup(key);
+      else if (key.startsWith("sub/")) setMatches(membersOf(key), "the tag group " + node.textContent.trim().split("\n")[0]);
       return;
     }
     const anchor = event.target.closest("a[data-node], a[data-group]");
@@ -366,9 +368,8 @@
     for (const k of [...metrics].sort()) list.push([k, (i) => rows[i][C.metrics][k]]);
     return list;
   })();
+  const missing = (v) => v === null || v === undefined;
   function compare(x, y) {
-    const missingX = x === null || x === undefined, missingY = y === null || y === undefined;
-    if (missingX || missingY) return missingX - missingY;
     if (typeof x === "number" && typeof y === "number") return x - y;
     if (typeof x === "number") return -1;
     if (typeof y === "number") return 1;
@@ -380,7 +381,8 @@
     state.sort = [column, descending];
     const get = columns[column][1];
     const values = rows.map((_, i) => get(i));
-    order = rows.map((_, i) => i).sort((x, y) => (descending ? -1 : 1) * compare(values[x], values[y]) || x - y);
+    order = rows.map((_, i) => i).sort((x, y) => (missing(values[x]) - missing(values[y])) ||
+      (missing(values[x]) ? 0 : (descending ? -1 : 1) * compare(values[x], values[y])) || x - y);  // missing last
     state.page = 0;
     renderTable();
   }
