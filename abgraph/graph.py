@@ -5,6 +5,7 @@ import difflib
 import fnmatch
 from functools import cached_property
 
+from .bulk import collector_paused
 from .diff import measurements
 from .identity import canonical, readable
 from .state import ExperimentState
@@ -20,7 +21,11 @@ class NodeSet(list):
         alternatives = parse_tag_pattern(pattern)
         if not self:
             return NodeSet()
-        ids = self[0]._ab_graph.tagged(alternatives)
+        graph = self[0]._ab_graph
+        ids = graph.tagged(alternatives)
+        if self is graph.nodes:  # the whole experiment: pick the matches, in the graph's order
+            by_id = graph._by_id
+            return NodeSet([by_id[i] for i in by_id if i in ids])
         return NodeSet(n for n in self if n.id in ids)
 
     def where(self, **conditions) -> "NodeSet":
@@ -95,19 +100,25 @@ class NodeSet(list):
     def to_dataframe(self):
         """One row per node: id, parents, depth, recipe, its properties, tags, metrics,
         function results flattened as `name.key`, status, duration."""
+        with collector_paused():
+            return self._dataframe()
+
+    def _dataframe(self):
         import pandas
         measured = {name for node in self for name in node._ab_record.metrics}
         measured |= {name.split(".")[0] for node in self for name in node._ab_record.results}
+        depths = self[0]._ab_graph.depths() if self else {}
+        settings: dict = {}  # a sweep's nodes share their property dicts: convert each pair once
         rows = []
         for node in self:
             record = node._ab_record
-            row = {"id": record.id, "parents": list(record.parents),
-                   "depth": node._ab_graph.depth(record.id),
+            row = {"id": record.id, "parents": list(record.parents), "depth": depths[record.id],
                    "recipe": record.recipe.rsplit(".", 1)[-1]}
-            row.update({k: readable(v) for k, v in record.properties.items()})
-            for name, value in record.recipe_properties.items():
-                clash = name in record.properties or name in measured
-                row[f"recipe.{name}" if clash else name] = readable(value)
+            key = (id(record.properties), id(record.recipe_properties))
+            columns = settings.get(key)
+            if columns is None:
+                columns = settings[key] = _property_columns(record, measured)
+            row.update(columns)
             row["tags"] = list(record.tags)
             row.update(measurements(record))
             row["status"], row["duration"] = record.status, record.duration
@@ -179,6 +190,16 @@ def parse_tag_pattern(pattern: str) -> list:
     return alternatives
 
 
+def _property_columns(record, measured) -> dict:
+    """State and recipe properties as table columns; a recipe property whose name a
+    state property or a metric already uses becomes `recipe.name`."""
+    columns = {k: readable(v) for k, v in record.properties.items()}
+    for name, value in record.recipe_properties.items():
+        clash = name in record.properties or name in measured
+        columns[f"recipe.{name}" if clash else name] = readable(value)
+    return columns
+
+
 def _encoded(value):
     """Compare as stored: canonical encodings (a set stays a set)."""
     try:
@@ -219,6 +240,10 @@ class ExperimentGraph:
     """Every stored node of an experiment, slim until a node is restored."""
 
     def __init__(self, records, objects, state_class=ExperimentState):
+        with collector_paused():
+            self._build(records, objects, state_class)
+
+    def _build(self, records, objects, state_class):
         self.objects = objects
         self._by_id = {}
         self._children: dict[str, list] = {}
@@ -263,18 +288,33 @@ class ExperimentGraph:
         matched = set()
         for alternative in parse_tag_pattern(pattern) if isinstance(pattern, str) else pattern:
             ids = None
-            for negate, glob in alternative:
+            for negate, glob in sorted(alternative):  # what to keep first, then what to drop
                 found = set()
                 for tag in fnmatch.filter(self._tag_index, glob):
                     found.update(self._tag_index[tag])
                 if negate:
-                    found = self._by_id.keys() - found
-                ids = found if ids is None else ids & found
+                    ids = (self._by_id.keys() if ids is None else ids) - found
+                else:
+                    ids = found if ids is None else ids & found
             matched |= ids
         return matched
 
     def children_of(self, node_id) -> NodeSet:
         return NodeSet(self._by_id[c] for c in self._children.get(node_id, ()) if c in self._by_id)
+
+    def depths(self) -> dict:
+        """Every node's depth, in one pass over the records in the order they were
+        written (parents first, as a run writes them)."""
+        depths = self._depth
+        if len(depths) < len(self._by_id):
+            for node_id, node in self._by_id.items():
+                if node_id not in depths:
+                    parents = node._ab_record.parents
+                    if all(p in depths for p in parents):
+                        depths[node_id] = 1 + max((depths[p] for p in parents), default=-1)
+                    else:  # a parent written later, or not in this graph
+                        self.depth(node_id)
+        return depths
 
     def depth(self, node_id) -> int:
         """Longest distance from a root (the level Dagger draws)."""

@@ -19,7 +19,6 @@ import contextlib
 import gc
 import io
 import json
-import os
 import random
 import sqlite3
 import statistics
@@ -33,6 +32,9 @@ import pandas
 import abgraph
 from abgraph.cli import main as cli_main
 from abgraph.store import Index
+
+sys.path.insert(0, str(Path(__file__).parent))
+from machine_load import Meter, quiet  # noqa: E402
 
 PATTERN = "lr:0.01* & !seed:0 | method:none"
 TARGETS = {"slim restore": 1.0, "tag filter": 0.05, "to_dataframe()": 1.0, "abgraph ls --filter": None,
@@ -82,15 +84,24 @@ def write_sweep(directory: Path, nodes: int, seed: int = 0) -> None:
     db.close()
 
 
+QUIET = {"seconds": 600.0, "waited": 0.0}  # how long, in all, to wait for other processes to calm down
+LOAD: list = []  # cores other processes used during the last timed figure
+
+
 def timed(fn, *args, repeats=3):
-    """Median seconds of `repeats` calls, and the last result."""
+    """Median seconds of `repeats` calls, and the last result. Each call waits
+    (bounded) until other processes use under half a core, and their load while it
+    ran is kept in LOAD: these machines are shared."""
     times, result = [], None
+    LOAD.clear()
     for _ in range(repeats):
         result = None
+        quiet(QUIET, limit=0.5)
         gc.collect()
-        start = time.perf_counter()
-        result = fn(*args)
-        times.append(time.perf_counter() - start)
+        with Meter() as meter:
+            result = fn(*args)
+        times.append(meter.seconds)
+        LOAD.append(meter.others)
     return statistics.median(times), result
 
 
@@ -121,6 +132,7 @@ def browser_ready(path: Path) -> float:
     from selenium import webdriver
     from selenium.webdriver.chrome.service import Service
     from selenium.webdriver.support.ui import WebDriverWait
+    quiet(QUIET, limit=0.5)
     options = webdriver.ChromeOptions()
     for flag in ("--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage"):
         options.add_argument(flag)
@@ -146,7 +158,8 @@ def measure(work: Path, nodes: int, browser: bool) -> dict:
     def figure(name, seconds, baseline=None, note=""):
         figures[name] = seconds
         ratio = f" ratio {seconds / baseline:5.2f} vs {baseline * 1000:8.1f} ms {note}" if baseline else f" {note}"
-        print(f"  {name:28} {seconds * 1000:9.1f} ms{ratio}")
+        others = f"  [others used {max(LOAD):.1f} cores]" if LOAD else ""
+        print(f"  {name:28} {seconds * 1000:9.1f} ms{ratio}{others}")
 
     t_floor, rows = timed(raw_rows, directory)
     t, graph = timed(slim_restore, directory)
@@ -179,6 +192,7 @@ def measure(work: Path, nodes: int, browser: bool) -> dict:
     figure("report written", t, None, f"({report.stat().st_size / 2**20:.1f} MiB)")
     figures["report size MiB"] = report.stat().st_size / 2**20
     if browser:
+        LOAD.clear()
         ready = statistics.median(browser_ready(report) for _ in range(3))
         figure("report ready in Chromium", ready, None, "(headless, navigation to script done)")
     return figures

@@ -10,6 +10,7 @@ import math
 from importlib import resources
 from pathlib import Path
 
+from ..bulk import collector_paused
 from .data import pack, tensors
 from .graph_svg import drawings
 from .plots import metric_plots
@@ -24,19 +25,22 @@ def write_report(nodes, path, title: str | None = None, objects=None) -> Path:
         raise ValueError(f"{path}: the report is an HTML file; give a name ending in .html")
     nodes = list(nodes)
     graph = nodes[0]._ab_graph if nodes else None
-    data = pack(nodes, graph)
-    positions = {row[0]: i for i, row in enumerate(data["rows"])}
-    if objects is not None:
-        data["tensors"] = tensors(nodes, objects)
-    pictures = drawings(nodes, positions) if nodes else {"overview": "", "groups": {}}
-    data["groups"] = {key: {"members": group["members"], "subgroups": group["subgroups"]}
-                      for key, group in pictures["groups"].items()}
+    with collector_paused():
+        data = pack(nodes, graph)
+        positions = {row[0]: i for i, row in enumerate(data["rows"])}
+        if objects is not None:
+            data["tensors"] = tensors(nodes, objects)
+        pictures = drawings(nodes, positions) if nodes else {"overview": "", "groups": {}}
+        data["groups"] = {key: {"members": group["members"], "subgroups": group["subgroups"]}
+                          for key, group in pictures["groups"].items()}
+        plots = metric_plots(nodes)
+        script_data = _script_json(data)
     templates = jinja2.Environment(loader=jinja2.PackageLoader("abgraph.html_report", "templates"),
                                    autoescape=jinja2.select_autoescape(["html", "j2"]))
     page = templates.get_template("report.html.j2").render(
         title=title or "abgraph report", count=len(nodes), made=datetime.datetime.now().strftime("%Y-%m-%d %H:%M"),
-        overview=pictures["overview"], groups=pictures["groups"], plots=metric_plots(nodes),
-        data=_script_json(data), script=_asset("report.js"), style=_asset("report.css"))
+        overview=pictures["overview"], groups=pictures["groups"], plots=plots,
+        data=script_data, script=_asset("report.js"), style=_asset("report.css"))
     path.parent.mkdir(parents=True, exist_ok=True)
     path.write_text(page, encoding="utf-8")
     return path

@@ -12,6 +12,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..bulk import collector_paused
+
 # 2: blobs in 16 folders (objects/a/bcdef...); 1: in 256 (objects/ab/cdef...), still read.
 SCHEMA_VERSION = 2
 INDEX_NAME = "abgraph.sqlite"
@@ -177,6 +179,10 @@ class Index:
         """All records (or those in `ids`), in the order they were written. Equal
         JSON values (a sweep's repeated properties) are decoded once and shared:
         records read back are for reading."""
+        with collector_paused():
+            return self._read_records(ids)
+
+    def _read_records(self, ids) -> list[NodeRecord]:
         query = f"SELECT {','.join(_NODE_COLUMNS)} FROM nodes"
         rows = self.db.execute(query + " ORDER BY seq").fetchall()
         wanted = set(ids) if ids is not None else None

@@ -342,7 +342,7 @@
         d.tensors.map((x) => "<tr data-tensor='" + esc(x.name) + "' data-status='" + esc(x.status) + "'><td>" + esc(x.name) + "</td><td>" + esc(x.dtype) + "</td><td>" +
           esc(JSON.stringify(x.shape_a) === JSON.stringify(x.shape_b) ? shape(x.shape_a) : shape(x.shape_a) + " → " + shape(x.shape_b)) + "</td><td" +
           (x.status === "equal" ? "" : " class='changed'") + ">" + esc(x.status) + "</td><td>" + (x.status === "changed" ? (x.changed === null ? "<span class='muted' title='abgraph diff counts them'>n/a</span>" : percent(x.changed)) : "") +
-          "</td><td>" + (x.status === "equal" ? "" : percent(x.zeros_a) + " → " + percent(x.zeros_b)) + "</td></tr>").join("") + "</table>");
+          "</td><td>" + (x.status === "changed" || x.status === "reshaped" ? percent(x.zeros_a) + " → " + percent(x.zeros_b) : "") + "</td></tr>").join("") + "</table>");
     }
     sections.push("</div>");
     $("panel").innerHTML = sections.join("");
