@@ -17,6 +17,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import gc
+import hashlib
 import io
 import json
 import random
@@ -60,22 +61,23 @@ def write_sweep(directory: Path, nodes: int, seed: int = 0) -> None:
         edges.extend((node_id, i, p) for i, p in enumerate(parents))
         tags.extend((node_id, t) for t in node_tags)
 
-    add("0" * 32, "root", {}, {}, [], [])
+    root = _id(0)
+    add(root, "root", {}, {}, [], [])
     trains = (nodes - 1) // 2
     for number in range(trains):
         lr, wd = rng.choice([0.001, 0.003, 0.01, 0.03, 0.1]), rng.choice([0.0, 1e-4, 1e-3])
         method = rng.choice(["none", "l1", "random"])
         node_tags = [f"lr:{lr}", f"wd:{wd}", f"method:{method}", f"seed:{number % 10}"]
-        train_id = f"{2 * number + 1:032x}"
+        train_id = _id(2 * number + 1)
         add(train_id, "study.Train", {"lr": lr, "weight_decay": wd, "seed": number % 10, "method": method},
-            {"loss": rng.random()}, ["0" * 32], node_tags)
+            {"loss": rng.random()}, [root], node_tags)
         failed = rng.random() < 0.01
-        add(f"{2 * number + 2:032x}", "abgraph.recipes.evaluate.Evaluate", {"split": "test"},
+        add(_id(2 * number + 2), "abgraph.recipes.evaluate.Evaluate", {"split": "test"},
             {} if failed else {"accuracy": 0.5 + 0.4 * rng.random(), "loss": rng.random()}, [train_id],
             node_tags, status="failed" if failed else "done",
             error="Traceback (most recent call last):\nValueError: diverged" if failed else None)
     while len(rows) < nodes:
-        add(f"{len(rows) + 1:032x}", "abgraph.recipes.evaluate.Evaluate", {"split": "val"}, {}, ["0" * 32], [])
+        add(_id(len(rows) + 1), "abgraph.recipes.evaluate.Evaluate", {"split": "val"}, {}, [root], [])
     db = sqlite3.connect(directory / "abgraph.sqlite")
     with db:
         db.executemany(f"INSERT INTO nodes VALUES ({','.join('?' * 17)})", rows)
@@ -86,6 +88,10 @@ def write_sweep(directory: Path, nodes: int, seed: int = 0) -> None:
 
 QUIET = {"seconds": 600.0, "waited": 0.0}  # how long, in all, to wait for other processes to calm down
 LOAD: list = []  # cores other processes used during the last timed figure
+
+
+def _id(number) -> str:
+    return hashlib.sha256(str(number).encode()).hexdigest()[:32]
 
 
 def timed(fn, *args, repeats=3):

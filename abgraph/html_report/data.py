@@ -42,6 +42,7 @@ def pack(nodes, graph) -> dict:
     recipes, versions, tags, statuses, environments = (_Table() for _ in range(5))
     properties = _Table(_readable_values)
     children: dict = {}
+    depths = graph.depths() if graph is not None else {}
     rows = []
     for node in nodes:
         record = node._ab_record
@@ -54,7 +55,7 @@ def pack(nodes, graph) -> dict:
         rows.append([
             record.id, recipes(record.recipe), recipe_properties, versions(record.recipe_version),
             properties(record.properties), [tags(t) for t in record.tags], statuses(record.status),
-            graph.depth(record.id), parents, measurements(record) if record.results else record.metrics,
+            depths[record.id], parents, measurements(record) if record.results else record.metrics,
             environments(record.environment), record.duration, record.error, record.started,
             [p for p in record.parents if p not in positions]])
     columns = ["id", "recipe", "recipe_properties", "version", "properties", "tags", "status", "depth",

@@ -3,6 +3,7 @@ one box per (depth, recipe) with its count, each expanding on click into its
 nodes or, for a large group, into its tag groups."""
 from __future__ import annotations
 
+import functools
 import html
 
 from ..drawing import to_dot
@@ -13,6 +14,11 @@ MAX_DRAWN = 300   # nodes (or boxes) in one drawing: graphviz and the eye both g
 def tag_group(tags) -> str:
     """The tags that say what a node is, without its seed: what varies inside a
     group of repeated runs (`seed:3`, `data_seed:1`)."""
+    return _tag_group(tuple(tags))
+
+
+@functools.lru_cache(maxsize=65536)  # a sweep's nodes repeat a few hundred tag sets
+def _tag_group(tags: tuple) -> str:
     kept = [t for t in tags if "seed" not in t.partition(":")[0].lower()]
     return ", ".join(sorted(kept))
 
@@ -24,11 +30,13 @@ def drawings(nodes, positions) -> dict:
     a collapsed overview, and per box what clicking it shows."""
     if len(nodes) <= MAX_DRAWN:
         return {"overview": _svg(to_dot(nodes)), "groups": {}}
-    groups: dict = {}
+    by_recipe: dict = {}
+    depths = nodes[0]._ab_graph.depths()
     for node in nodes:
-        record = node._ab_record
-        key = f"group/{node._ab_graph.depth(node.id)}/{record.recipe.rsplit('.', 1)[-1]}"
-        groups.setdefault(key, []).append(node)
+        by_recipe.setdefault((depths[node.id], node._ab_record.recipe), []).append(node)
+    groups: dict = {}  # two modules' `Train` at one depth share a box
+    for (depth, recipe), members in by_recipe.items():
+        groups.setdefault(f"group/{depth}/{recipe.rsplit('.', 1)[-1]}", []).extend(members)
     return {"overview": _svg(_overview(groups)),
             "groups": {key: _expansion(key, members, positions) for key, members in groups.items()}}
 
@@ -41,7 +49,7 @@ def _overview(groups):
     for key, members in groups.items():
         _, depth, recipe = key.split("/", 2)
         failed = sum(1 for n in members if n._ab_record.status != "done")
-        lines = [f"<B>{html.escape(recipe)}</B>", f"{len(members):,} nodes · depth {depth}"]
+        lines = [f"<B>{html.escape(recipe)}</B>", f"{_count(len(members))} · depth {depth}"]
         if failed:
             lines.append(f'<FONT COLOR="#c0392b">{failed:,} not done</FONT>')
         lines.append('<FONT POINT-SIZE="8" COLOR="#666666">click to expand</FONT>')
@@ -71,13 +79,17 @@ def _expansion(key, members, positions) -> dict:
     for number, (tags, nodes) in enumerate(ranked[:MAX_DRAWN - 1]):
         name = f"sub/{key}/{number}"
         subgroups[name] = [positions[n.id] for n in nodes]
-        label = f"<{html.escape(tags or '(no tags)')}<BR/>{len(nodes):,} nodes>"
+        label = f"<{html.escape(tags or '(no tags)')}<BR/>{_count(len(nodes))}>"
         dot.node(name, label, style="rounded,filled", fillcolor="#eef3fb")
     if len(ranked) > MAX_DRAWN - 1:
         rest = sum(len(nodes) for _, nodes in ranked[MAX_DRAWN - 1:])
         dot.node(f"more/{key}", f"{len(ranked) - MAX_DRAWN + 1:,} more tag groups\n{rest:,} nodes",
                  style="dashed")
     return {"svg": _svg(dot), "members": rows, "subgroups": subgroups}
+
+
+def _count(number) -> str:
+    return f"{number:,} node" + ("" if number == 1 else "s")
 
 
 def _digraph(graphviz):
