@@ -13,6 +13,7 @@ import pytest
 import abgraph
 from abgraph.cli import main
 from abgraph.store import Index, NodeRecord
+from conftest import blob_files, copy_experiment, records_by_id
 
 selenium = pytest.importorskip("selenium", reason="the dev extra installs selenium")
 from selenium import webdriver  # noqa: E402
@@ -237,6 +238,7 @@ def test_a_large_experiment_is_drawn_collapsed_and_paged(browser, tmp_path):
                                     for name, e in groups.items() if name == "lr:0.1"}
     groups["lr:0.01"].click()  # lists that group's nodes
     assert browser.find_element(By.ID, "match-count").text == "(349)"
+    assert browser.find_element(By.ID, "filter-status").text.endswith("nodes: the tag group lr:0.01")
     browser.find_element(By.CSS_SELECTOR, "#crumbs a[data-group='']").click()
     assert len(browser.find_elements(By.CSS_SELECTOR, ".graph-view:not([hidden]) g.node")) == 2
     assert console_errors(browser) == []
@@ -269,3 +271,19 @@ def test_filter_combines_globs_with_and_or_not(graph, edited_study):
         graph.nodes.filter("lr:0.5 | ")
     with pytest.raises(ValueError, match="empty term"):
         abgraph.NodeSet().filter("!")  # checked even where there is nothing to filter
+
+
+def test_a_missing_payload_is_said_in_the_diff_not_hidden(browser, edited_study, tmp_path):
+    directory = copy_experiment(edited_study.directory, tmp_path / "copy")
+    pruned = edited_study.ids["prune:0.05"]
+    blob_files(directory)[records_by_id(directory)[pruned].payload].unlink()
+    report = abgraph.Experiment.restore(directory).graph.to_html(tmp_path / "report.html")
+    open_page(browser, report)
+    pick(browser, edited_study.ids["train:0.05"], "a")
+    pick(browser, pruned, "b")
+    assert f"the tensors of {pruned[:12]} could not be read" in browser.find_element(By.ID, "diff").text
+    assert "accuracy.accuracy" in browser.find_element(By.ID, "diff-metrics").text  # the rest is there
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()):
+        assert main(["diff", str(directory), edited_study.ids["train:0.05"], pruned]) == 2
+    assert "is missing" in err.getvalue()

@@ -11,7 +11,8 @@ from ..diff import TensorEntry, changed_fraction, manifest, measurements, zero_f
 from ..identity import readable
 from ..store.objects import BlobError
 
-TENSOR_NODE_LIMIT = 2000   # above this, the page diffs tensors by digest only: `abgraph diff` has the rest
+TENSOR_NODE_LIMIT = 2000   # above this, the page lists no tensors: `abgraph diff` has them
+TENSOR_BYTES_LIMIT = 1 << 30  # tensor bytes read for zeros and changes; past it they show as n/a
 
 
 class _Table:
@@ -72,20 +73,19 @@ def tensors(nodes, objects, limit: int = TENSOR_NODE_LIMIT) -> dict:
         return {"skipped": f"{len(nodes)} nodes: more than {limit}, so the report lists no tensors; "
                            "`abgraph diff DIR A B` compares the tensors of any two nodes"}
     names, digests, blobs = _Table(), _Table(), {}
-    per_node, entries_by_id, unreadable = {}, {}, []
+    per_node, entries_by_id, unreadable = {}, {}, {}
     for node in nodes:
         try:
             entries = manifest(objects, node._ab_record)
         except (BlobError, OSError, ValueError) as error:
-            unreadable.append(f"{node.id[:12]}: {error}")
+            unreadable[node.id] = str(error)
             continue
         entries_by_id[node.id] = {e.name: e for e in entries}
         per_node[node.id] = [[names(e.name), digests(e.digest)] for e in entries]
         for entry in entries:
             blobs.setdefault(entry.digest, entry)
-    zeros = {}
-    for digest, entry in blobs.items():
-        zeros[digest] = _zeros(objects, entry)
+    budget = [TENSOR_BYTES_LIMIT]
+    zeros = {digest: _zeros(objects, entry, budget) for digest, entry in blobs.items()}
     changed = {}
     for node in nodes:
         parents = node._ab_record.parents
@@ -98,14 +98,24 @@ def tensors(nodes, objects, limit: int = TENSOR_NODE_LIMIT) -> dict:
             if (other is not None and other.digest != entry.digest and other.shape == entry.shape
                     and other.dtype == entry.dtype):
                 key = "|".join(sorted((other.digest, entry.digest)))
-                if key not in changed:
+                if key not in changed and _spend(budget, 2 * entry.numel * entry.itemsize):
                     changed[key] = changed_fraction(_bytes(objects, other), _bytes(objects, entry), entry)
     return {"names": names.values, "digests": digests.values, "nodes": per_node,
             "blobs": {d: [e.dtype, list(e.shape), zeros[d]] for d, e in blobs.items()},
             "changed": changed, "unreadable": unreadable}
 
 
-def _zeros(objects, entry: TensorEntry):
+def _spend(budget: list, size: int) -> bool:
+    """Whether `size` more bytes may be read (a study of big models stays quick to report)."""
+    if size > budget[0]:
+        return False
+    budget[0] -= size
+    return True
+
+
+def _zeros(objects, entry: TensorEntry, budget: list):
+    if not _spend(budget, entry.numel * entry.itemsize):
+        return None
     try:
         return zero_fraction(_bytes(objects, entry), entry)
     except (BlobError, OSError, ValueError):

@@ -180,7 +180,7 @@
       const key = titleOf(node);
       if (indexOf.has(key)) select(indexOf.get(key));
       else if (key.startsWith("group/")) showGroup(key);
-      else if (key.startsWith("sub/")) setMatches(membersOf(key), "the tag group " + node.textContent.trim().split("\n")[0]);
+      else if (key.startsWith("sub/")) setMatches(membersOf(key), "the tag group " + node.querySelector("text").textContent);
       return;
     }
     const anchor = event.target.closest("a[data-node], a[data-group]");
@@ -302,6 +302,10 @@
   function tensorDiffs(a, b) {
     const t = data.tensors;
     if (!t || t.skipped) return null;
+    for (const i of [a, b]) {
+      const reason = t.unreadable[rows[i][C.id]];
+      if (reason) return "the tensors of " + shortId(i) + " could not be read: " + reason;
+    }
     const entries = (i) => new Map((t.nodes[rows[i][C.id]] || []).map(([name, digest]) => [t.names[name], t.digests[digest]]));
     const left = entries(a), right = entries(b), out = [];
     for (const name of [...left.keys()].concat([...right.keys()].filter((n) => !left.has(n)))) {
@@ -335,7 +339,8 @@
     const metricRows = Object.entries(d.metrics).map(([k, [x, y, delta]]) => "<tr data-metric='" + esc(k) + "'><th>" + esc(k) + "</th><td>" + esc(show(x)) +
       "</td><td>" + esc(show(y)) + "</td><td>" + (delta === null ? "" : (delta >= 0 ? "+" : "") + esc(show(delta))) + "</td></tr>");
     sections.push("<h3>Metrics</h3>" + (metricRows.length ? "<table id='diff-metrics'><tr><th></th><th>A</th><th>B</th><th>B − A</th></tr>" + metricRows.join("") + "</table>" : "<p class='muted'>none</p>"));
-    if (d.tensors === null) sections.push("<h3>Tensors</h3><p class='muted'>" + esc((data.tensors && data.tensors.skipped) || "not listed in this report") + "</p>");
+    if (d.tensors === null || typeof d.tensors === "string")
+      sections.push("<h3>Tensors</h3><p class='muted'>" + esc(d.tensors || (data.tensors && data.tensors.skipped) || "not listed in this report") + "</p>");
     else {
       const changed = d.tensors.filter((x) => x.status !== "equal");
       sections.push("<h3>Tensors: " + changed.length + " differ, " + (d.tensors.length - changed.length) + " equal</h3><table id='diff-tensors'><tr><th>name</th><th>dtype</th><th>shape</th><th></th><th>changed</th><th>zeros A → B</th></tr>" +
