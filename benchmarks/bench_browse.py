@@ -20,6 +20,7 @@ import gc
 import hashlib
 import io
 import json
+import os
 import random
 import sqlite3
 import statistics
@@ -164,7 +165,7 @@ def measure(work: Path, nodes: int, browser: bool) -> dict:
     def figure(name, seconds, baseline=None, note=""):
         figures[name] = seconds
         ratio = f" ratio {seconds / baseline:5.2f} vs {baseline * 1000:8.1f} ms {note}" if baseline else f" {note}"
-        others = f"  [others used {max(LOAD):.1f} cores]" if LOAD else ""
+        others = f"  [others used {min(max(LOAD), os.cpu_count()):.1f} cores]" if LOAD else ""
         print(f"  {name:28} {seconds * 1000:9.1f} ms{ratio}{others}")
 
     t_floor, rows = timed(raw_rows, directory)
