@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import warnings
 from functools import cached_property
 
 from .bulk import collector_paused
@@ -17,11 +18,15 @@ class NodeSet(list):
     def filter(self, pattern: str) -> "NodeSet":
         """Nodes whose tags match `pattern`: an fnmatch glob (`amount:0.*`), `!glob`
         for nodes with no such tag, `a & b` for both, `a | b` for either (`&` binds
-        tighter: `method:l1 & amount:0.5 | dense`)."""
+        tighter: `method:l1 & amount:0.5 | dense`). A glob no tag matches warns,
+        naming the nearest tags (a typo would otherwise look like an empty result)."""
         alternatives = parse_tag_pattern(pattern)
         if not self:
             return NodeSet()
         graph = self[0]._ab_graph
+        for glob in {glob for alternative in alternatives for _, glob in alternative}:
+            if not fnmatch.filter(graph._tag_index, glob):
+                warnings.warn(_no_tag_matches(glob, graph._tag_index), stacklevel=2)
         ids = graph.tagged(alternatives)
         if self is graph.nodes:  # the whole experiment: pick the matches, in the graph's order
             by_id = graph._by_id
@@ -126,15 +131,17 @@ class NodeSet(list):
         return pandas.DataFrame(rows)
 
     def draw(self, filename=None, format="pdf", label=None, color_by=None, metrics=None,
-             direction="TB"):
+             direction=None, collapse="seed"):
         """Draw these nodes (and the edges between them) with graphviz: to
         `filename.format` (pdf, svg, png), or return the graphviz object (shown
         inline in a notebook). `label(node)` replaces the default label;
-        `color_by` colors nodes by a metric; `metrics` are printed in the labels;
-        `direction="LR"` lays a wide study out left to right."""
+        `color_by` colors nodes by a metric; `metrics` are printed in the labels
+        (mean ± CI on a collapsed box); `direction` "TB" or "LR" (None: whichever
+        fits an A3 page); `collapse`: replicas differing only in this property or
+        tag (`seed`, `seed:N`) are drawn as one box, None draws every node."""
         from .drawing import draw
         return draw(self, filename=filename, format=format, label=label, color_by=color_by,
-                    metrics=metrics, direction=direction)
+                    metrics=metrics, direction=direction, collapse=collapse)
 
     def to_html(self, path, title=None):
         """One self-contained HTML file to browse these nodes (no server, nothing
@@ -198,6 +205,14 @@ def _property_columns(record, measured) -> dict:
         clash = name in record.properties or name in measured
         columns[f"recipe.{name}" if clash else name] = readable(value)
     return columns
+
+
+def _no_tag_matches(pattern, tags) -> str:
+    close = difflib.get_close_matches(pattern, sorted(tags), n=3, cutoff=0.5)
+    hint = (f"nearest: {', '.join(close)}" if close else
+            f"tags here: {', '.join(sorted(tags)[:10])}{', …' if len(tags) > 10 else ''}" if tags else
+            "no node here has a tag")
+    return f"no tag matches {pattern!r} ({hint})"
 
 
 def _encoded(value):
@@ -358,17 +373,17 @@ class ExperimentGraph:
         return self.nodes.to_dataframe()
 
     def draw(self, filename=None, format="pdf", label=None, color_by=None, metrics=None,
-             direction="TB"):
+             direction=None, collapse="seed"):
         """Render the graph with graphviz; see `NodeSet.draw` to draw a part of it."""
-        return self.nodes.draw(filename, format, label, color_by, metrics, direction)
+        return self.nodes.draw(filename, format=format, label=label, color_by=color_by, metrics=metrics,
+                               direction=direction, collapse=collapse)
 
     def to_html(self, path, title=None):
         """The whole experiment as a self-contained HTML report; see `NodeSet.to_html`."""
         return self.nodes.to_html(path, title=title)
 
     def _repr_svg_(self):
-        from .drawing import to_dot
-        return to_dot(self.nodes)._repr_image_svg_xml()
+        return self.draw()._repr_image_svg_xml()
 
     def __len__(self):
         return len(self._by_id)

@@ -29,7 +29,7 @@ def drawings(nodes, positions) -> dict:
     Returns {"overview": svg, "groups": {key: {"svg", "members", "subgroups"}}}:
     a collapsed overview, and per box what clicking it shows."""
     if len(nodes) <= MAX_DRAWN:
-        return {"overview": _svg(to_dot(nodes)), "groups": {}}
+        return {"overview": _svg(to_dot(nodes, collapse=None)), "groups": {}}
     by_recipe: dict = {}
     depths = nodes[0]._ab_graph.depths()
     for node in nodes:
@@ -68,7 +68,7 @@ def _overview(groups):
 def _expansion(key, members, positions) -> dict:
     rows = [positions[n.id] for n in members]
     if len(members) <= MAX_DRAWN:
-        return {"svg": _svg(to_dot(members)), "members": rows, "subgroups": {}}
+        return {"svg": _svg(to_dot(members, collapse=None)), "members": rows, "subgroups": {}}
     import graphviz
     dot = _digraph(graphviz)
     by_tags: dict = {}
