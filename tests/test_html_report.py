@@ -266,7 +266,7 @@ def test_filter_combines_globs_with_and_or_not(graph, edited_study):
     assert set(graph.nodes.filter("!lr:*").ids) == {ids["root"], edited["explode"]}
     assert set(graph.nodes.filter("lr:0.05").filter("!pruned").ids) == {ids["train:0.05"]}
     assert set(graph.nodes.filter("lr:0.05 & !pruned | !lr:* & !broken").ids) == {ids["train:0.05"], ids["root"]}
-    with pytest.warns(UserWarning, match="no tag matches .nothing:\*."):
+    with pytest.warns(UserWarning, match=r"no tag matches .nothing:\*."):
         assert graph.nodes.filter("nothing:*") == []
     with pytest.raises(ValueError, match="empty term"):
         graph.nodes.filter("lr:0.5 | ")
