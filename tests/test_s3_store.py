@@ -27,9 +27,14 @@ def s3_env(s3_server, monkeypatch):
 
 
 def test_study_with_blobs_on_s3(tmp_path, s3_env):
+    """The study knows S3 through storage_options only (its process and workers
+    have no AWS variables); the commands afterwards through the environment."""
     url = f"s3://abgraph/{tmp_path.name}/study"
-    result = run_study(tmp_path, tmp_path / "exp", {"executor": "process", "objects": url,
-                                                     "seconds": 0, "branches": 2}, s3_env)
+    options = {"endpoint_url": s3_env["AWS_ENDPOINT_URL"], "key": s3_env["AWS_ACCESS_KEY_ID"],
+               "secret": s3_env["AWS_SECRET_ACCESS_KEY"]}
+    bare = {name: value for name, value in s3_env.items() if not name.startswith("AWS_")}
+    result = run_study(tmp_path, tmp_path / "exp", {"executor": "process", "objects": url, "seconds": 0,
+                                                     "branches": 2, "storage_options": options}, bare)
     assert len(result["executed"]) == 6 and not result["failed"]
     assert not (tmp_path / "exp" / "objects").exists()   # the driver wrote only the index
 
