@@ -3,9 +3,10 @@ credentials): workers write them, restore, `abgraph verify` and `abgraph gc`
 read and clean them, and a bad location fails when the experiment is opened."""
 import os
 import signal
+import socket
 import subprocess
 import sys
-import time
+import threading
 
 import pytest
 
@@ -84,23 +85,67 @@ UPLOAD = r'''
 import sys
 from abgraph.store import open_store
 store = open_store(sys.argv[1])
-data = bytes(range(256)) * (96 * 4096)   # 96 MiB
-print("uploading", flush=True)
-store.put(data)
+store.put(bytes(range(256)) * (32 * 1024))   # 8 MiB, one PUT
 print("uploaded", flush=True)
 '''
 
 
+class StallingProxy:
+    """A TCP proxy to the S3 server that forwards the first `budget` bytes the
+    client sends, then holds the rest: the client is stuck mid-upload, for sure."""
+
+    def __init__(self, endpoint: str, budget: int):
+        host, port = endpoint.rsplit("//", 1)[1].split(":")
+        self.upstream, self.budget, self.sent = (host, int(port)), budget, 0
+        self.stalled, self.sockets = threading.Event(), []
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.endpoint = f"http://127.0.0.1:{self.listener.getsockname()[1]}"
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self):
+        while True:
+            try:
+                client, _ = self.listener.accept()
+            except OSError:
+                return
+            server = socket.create_connection(self.upstream)
+            self.sockets += [client, server]
+            threading.Thread(target=self._pump, args=(client, server, True), daemon=True).start()
+            threading.Thread(target=self._pump, args=(server, client, False), daemon=True).start()
+
+    def _pump(self, source, target, limited):
+        try:
+            while data := source.recv(65536):
+                if limited:
+                    data = data[:max(0, self.budget - self.sent)]
+                    self.sent += len(data)
+                    if self.sent >= self.budget:
+                        self.stalled.set()
+                if data:
+                    target.sendall(data)
+        except OSError:
+            pass
+
+    def close(self):
+        self.listener.close()
+        for sock in self.sockets:
+            sock.close()
+
+
 def test_interrupted_upload_leaves_no_blob(tmp_path, s3_env):
-    """S3 publishes an object only when its PUT (or multipart upload) completes:
-    a writer killed mid-upload leaves nothing a reader could see."""
+    """S3 publishes an object only when its PUT completes: a writer killed when
+    half its blob has reached the server leaves nothing a reader could see."""
     url = f"s3://abgraph/{tmp_path.name}/killed"
+    proxy = StallingProxy(s3_env["AWS_ENDPOINT_URL"], budget=4 * 1024 * 1024)
     writer = subprocess.Popen([sys.executable, "-c", UPLOAD, url], stdout=subprocess.PIPE, text=True,
-                              env=s3_env)
-    assert writer.stdout.readline().strip() == "uploading"
-    time.sleep(0.5)
-    writer.send_signal(signal.SIGKILL)
-    assert writer.wait() == -signal.SIGKILL       # killed before it finished
+                              env=dict(s3_env, AWS_ENDPOINT_URL=proxy.endpoint))
+    try:
+        assert proxy.stalled.wait(120), "the upload never reached the server"
+        writer.send_signal(signal.SIGKILL)
+        assert writer.wait() == -signal.SIGKILL
+    finally:
+        proxy.close()
+    assert writer.stdout.read() == ""                # it never finished
     store = abgraph.store.open_store(url, {"skip_instance_cache": True})
     assert list(store.digests()) == []
     assert store.fs.find(store.root) == []         # no partial key under any name
