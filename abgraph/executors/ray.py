@@ -17,6 +17,16 @@ from .base import Executor, Worker
 from .task import StateCache, execute, record_for
 
 _cache = None  # per Ray worker process: the states it last made, for chains
+_stores: dict = {}  # per Ray worker process: (location, options) -> its store, opened and checked once
+
+
+def _store(location: str, storage_options: dict):
+    from ..store import open_store
+    key = (location, repr(sorted(storage_options.items())))
+    if key not in _stores:
+        _stores[key] = open_store(location, storage_options or None)
+    _stores[key].forget()
+    return _stores[key]
 
 
 def _run_on_ray(message: bytes, objects_root: str, storage_options: dict, num_gpus: float):
@@ -24,7 +34,6 @@ def _run_on_ray(message: bytes, objects_root: str, storage_options: dict, num_gp
     global _cache
     import ray
 
-    from ..store import open_store
     if _cache is None:
         _cache = StateCache(capacity=2)
     context = ray.get_runtime_context()
@@ -34,7 +43,7 @@ def _run_on_ray(message: bytes, objects_root: str, storage_options: dict, num_gp
     # host) still limits how many tasks share it; they compute on the CPU.
     device = "cuda:0" if granted and _cuda_available() else "cpu"
     task = serialization.loads(message)
-    record = execute(task, open_store(objects_root, storage_options or None), _cache, device)
+    record = execute(task, _store(objects_root, storage_options), _cache, device)
     record.environment.update(ray_node=context.get_node_id(), ray_gpus=[str(g) for g in granted])
     return record
 

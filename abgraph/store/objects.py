@@ -62,6 +62,11 @@ class ObjectStore:
             self._present.add(digest)
         return digest
 
+    def forget(self) -> None:
+        """Check again before skipping a write: a store kept open across runs may
+        have lost blobs to `abgraph gc` in between."""
+        self._present.clear()
+
     def get(self, digest: str, size: int | None = None, verify: bool = False) -> bytearray:
         try:
             data = self._read(digest)
@@ -170,8 +175,10 @@ class FsspecObjectStore(ObjectStore):
                     raise FileNotFoundError(f"bucket {bucket!r} does not exist (create it first)") from None
             else:
                 self.fs.makedirs(self.root, exist_ok=True)
-            names = [key.rstrip("/").rsplit("/", 1)[-1] for key in self.fs.ls(self.root, detail=False)] \
-                if self.fs.exists(self.root) else []
+            try:
+                names = [key.rstrip("/").rsplit("/", 1)[-1] for key in self.fs.ls(self.root, detail=False)]
+            except FileNotFoundError:  # nothing stored yet (on S3, a prefix exists only while keys do)
+                names = []
             probe = f"{self.root}/.tmp-probe-{uuid.uuid4().hex}"
             self.fs.pipe_file(probe, b"abgraph")
             self.fs.rm_file(probe)
