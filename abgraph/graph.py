@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import warnings
 from functools import cached_property
 
 from .identity import canonical, readable
@@ -13,11 +14,15 @@ class NodeSet(list):
     """A list of nodes with queries that return NodeSets again."""
 
     def filter(self, pattern: str) -> "NodeSet":
-        """Nodes with a tag matching the fnmatch `pattern`; `!pattern` negates."""
+        """Nodes with a tag matching the fnmatch `pattern`; `!pattern` negates.
+        A pattern no tag matches warns, naming the nearest tags (a typo would
+        otherwise look like an empty result)."""
         negate = pattern.startswith("!")
         pattern = pattern[1:] if negate else pattern
         tags = {t for node in self for t in node._ab_record.tags}
         matching = set(fnmatch.filter(tags, pattern))
+        if self and not matching:
+            warnings.warn(_no_tag_matches(pattern, tags), stacklevel=2)
         return NodeSet(n for n in self if negate != bool(matching.intersection(n._ab_record.tags)))
 
     def where(self, **conditions) -> "NodeSet":
@@ -114,15 +119,17 @@ class NodeSet(list):
         return pandas.DataFrame(rows)
 
     def draw(self, filename=None, format="pdf", label=None, color_by=None, metrics=None,
-             direction="TB"):
+             direction=None, collapse="seed"):
         """Draw these nodes (and the edges between them) with graphviz: to
         `filename.format` (pdf, svg, png), or return the graphviz object (shown
         inline in a notebook). `label(node)` replaces the default label;
-        `color_by` colors nodes by a metric; `metrics` are printed in the labels;
-        `direction="LR"` lays a wide study out left to right."""
+        `color_by` colors nodes by a metric; `metrics` are printed in the labels
+        (mean ± CI on a collapsed box); `direction` "TB" or "LR" (None: whichever
+        fits an A3 page); `collapse`: replicas differing only in this property or
+        tag (`seed`, `seed:N`) are drawn as one box, None draws every node."""
         from .drawing import draw
         return draw(self, filename=filename, format=format, label=label, color_by=color_by,
-                    metrics=metrics, direction=direction)
+                    metrics=metrics, direction=direction, collapse=collapse)
 
     def summarize(self, metric: str, by, confidence: float = 0.95):
         """n, mean, std and confidence interval of `metric` per group of nodes.
@@ -147,6 +154,14 @@ class NodeSet(list):
         by = [by] if isinstance(by, str) else list(by)
         summary = self.summarize(metric, by, confidence)
         return plot_summary(summary, metric, by, kind=kind, filename=filename, title=title, ax=ax)
+
+
+def _no_tag_matches(pattern, tags) -> str:
+    close = difflib.get_close_matches(pattern, sorted(tags), n=3, cutoff=0.5)
+    hint = (f"nearest: {', '.join(close)}" if close else
+            f"tags here: {', '.join(sorted(tags)[:10])}{', …' if len(tags) > 10 else ''}" if tags else
+            "no node here has a tag")
+    return f"no tag matches {pattern!r} ({hint})"
 
 
 def _encoded(value):
@@ -273,13 +288,13 @@ class ExperimentGraph:
         return self.nodes.to_dataframe()
 
     def draw(self, filename=None, format="pdf", label=None, color_by=None, metrics=None,
-             direction="TB"):
+             direction=None, collapse="seed"):
         """Render the graph with graphviz; see `NodeSet.draw` to draw a part of it."""
-        return self.nodes.draw(filename, format, label, color_by, metrics, direction)
+        return self.nodes.draw(filename, format=format, label=label, color_by=color_by, metrics=metrics,
+                               direction=direction, collapse=collapse)
 
     def _repr_svg_(self):
-        from .drawing import to_dot
-        return to_dot(self.nodes)._repr_image_svg_xml()
+        return self.draw()._repr_image_svg_xml()
 
     def __len__(self):
         return len(self._by_id)

@@ -53,7 +53,7 @@ def main(directory, options):
                                        num_cpus=options.get("num_cpus", 1), num_gpus=options.get("num_gpus", 0))
     else:
         executor = abgraph.ProcessExecutor(workers=2)
-    report = exp.run(executor=executor)
+    report = exp.run(executor=executor, raise_on_failure=False)  # the test reads the failures
     print("RESULT " + json.dumps({"executed": report.executed, "cached": report.cached,
                                   "failed": report.failed, "blocked": report.blocked,
                                   "errors": report.errors}), flush=True)

@@ -11,6 +11,11 @@ class BlobError(RuntimeError):
     """A blob is missing or does not match its digest."""
 
 
+class PayloadError(RuntimeError):
+    """A payload cannot be written or read back (here, so that browsing an
+    index never imports torch through the payload module)."""
+
+
 class BlobLocationError(ValueError):
     """A remote location for blobs cannot be reached, read or written."""
 
