@@ -104,6 +104,8 @@ def cmd_draw(args):
 
 
 def cmd_report(args):
+    if args.html:
+        return cmd_report_html(args)
     import pandas
     frame = _open(args.directory).graph.to_dataframe()
     fixed = {"id", "parents", "depth", "recipe", "tags", "status", "duration"}
@@ -112,6 +114,18 @@ def cmd_report(args):
     wanted = ["id", "recipe", "tags", "status"] + [c for c in frame.columns if c not in fixed]
     with pandas.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
         print(frame[wanted].to_string(index=False))
+
+
+def cmd_report_html(args):
+    graph = _open(args.directory).graph
+    path = graph.to_html(args.html, title=args.title or f"abgraph: {args.directory}")
+    print(f"{path} ({len(graph)} nodes, {path.stat().st_size / 2**20:.1f} MiB)")
+
+
+def cmd_diff(args):
+    graph = _open(args.directory).graph
+    difference = graph.node(args.a).diff(graph.node(args.b))
+    print(json.dumps(difference.to_dict(), indent=2, default=str) if args.json else difference)
 
 
 def cmd_verify(args):
@@ -160,9 +174,17 @@ def parser() -> argparse.ArgumentParser:
     draw.add_argument("--every-node", action="store_true",
                       help="draw seed replicas separately instead of as one node")
     draw.set_defaults(run=cmd_draw)
-    report = commands.add_parser("report", help="metrics table")
+    report = commands.add_parser("report", help="metrics table, or with --html a report to browse")
     report.add_argument("directory")
+    report.add_argument("--html", metavar="FILE", help="write a self-contained HTML report to FILE (.html)")
+    report.add_argument("--title", help="the HTML report's title")
     report.set_defaults(run=cmd_report)
+    compare = commands.add_parser("diff", help="what differs between two nodes (nothing is unpickled)")
+    compare.add_argument("directory")
+    compare.add_argument("a", help="node id or a unique prefix")
+    compare.add_argument("b", help="node id or a unique prefix")
+    compare.add_argument("--json", action="store_true", help="print the diff as JSON")
+    compare.set_defaults(run=cmd_diff)
     check = commands.add_parser("verify", help="re-hash every blob and check every record")
     check.add_argument("directory")
     check.set_defaults(run=cmd_verify)

@@ -118,6 +118,15 @@ class ExperimentState:
     def children(self):
         return self._ab_graph.children_of(self.id)
 
+    def diff(self, other):
+        """What differs between this node and `other`: common ancestor, recipes and
+        code versions on each side, tags, metrics, and which tensors changed (read
+        from the store without unpickling). `print()` it, or `.to_dict()`."""
+        from .diff import diff
+        self._record()
+        other._record()
+        return diff(self, other)
+
     @property
     def is_restored(self) -> bool:
         return self._ab_snapshot is not None

@@ -12,6 +12,8 @@ import threading
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..bulk import collector_paused
+
 # 2: blobs in 16 folders (objects/a/bcdef...); 1: in 256 (objects/ab/cdef...), still read.
 SCHEMA_VERSION = 2
 INDEX_NAME = "abgraph.sqlite"
@@ -174,7 +176,13 @@ class Index:
         return versions
 
     def records(self, ids=None) -> list[NodeRecord]:
-        """All records (or those in `ids`), in the order they were written."""
+        """All records (or those in `ids`), in the order they were written. Equal
+        JSON values (a sweep's repeated properties) are decoded once and shared:
+        records read back are for reading."""
+        with collector_paused():
+            return self._read_records(ids)
+
+    def _read_records(self, ids) -> list[NodeRecord]:
         query = f"SELECT {','.join(_NODE_COLUMNS)} FROM nodes"
         rows = self.db.execute(query + " ORDER BY seq").fetchall()
         wanted = set(ids) if ids is not None else None
@@ -190,16 +198,23 @@ class Index:
             results.setdefault(node, {})[name] = json.loads(value)
             versions.setdefault(node, {})[name] = version
         records = []
+        decoded: dict = {}  # JSON text -> value: a sweep repeats its properties and environment
+        json_positions = [i for i, column in enumerate(_NODE_COLUMNS) if column in _JSON_COLUMNS]
         for row in rows:
             if wanted is not None and row[0] not in wanted:
                 continue
-            values = dict(zip(_NODE_COLUMNS, row))
-            for column in _JSON_COLUMNS:
-                values[column] = json.loads(values[column])
-            node = values["id"]
-            records.append(NodeRecord(parents=parents.get(node, []), tags=tags.get(node, []),
-                                      results=results.get(node, {}),
-                                      result_versions=versions.get(node, {}), **values))
+            row = list(row)
+            for i in json_positions:
+                text = row[i]
+                value = decoded.get(text)
+                if value is None:
+                    value = decoded[text] = json.loads(text)
+                row[i] = value
+            node = row[0]
+            record = NodeRecord(node, parents.get(node, []), tags=tags.get(node, []),
+                                results=results.get(node, {}), result_versions=versions.get(node, {}))
+            record.__dict__.update(zip(_NODE_COLUMNS, row))
+            records.append(record)
         return records
 
     def meta(self, key: str, default=None):
