@@ -71,16 +71,17 @@ class Experiment:
     then `run()`; come back later with `Experiment.restore(folder)`.
 
     `objects` puts the payload blobs elsewhere than `directory/objects`: a folder
-    every machine of a cluster reaches, or an fsspec URL (``s3://bucket/exp``).
+    every machine of a cluster reaches, or an fsspec URL (``s3://bucket/exp``);
+    `storage_options` go to fsspec (endpoint, credentials) and are never stored.
     """
 
-    def __init__(self, directory, state_class=ExperimentState, objects=None):
+    def __init__(self, directory, state_class=ExperimentState, objects=None, storage_options=None):
         _check_state_class(state_class)
         self.directory = Path(directory).expanduser()
         self.directory.mkdir(parents=True, exist_ok=True)
         self.state_class = state_class
         self.index = Index(self.directory, create=True)
-        self.objects = _objects(self.index, self.directory, objects)
+        self.objects = _objects(self.index, self.directory, objects, storage_options)
         self._start_building()
 
     def _start_building(self):
@@ -339,7 +340,7 @@ class Experiment:
         return self._graph
 
     @classmethod
-    def restore(cls, directory, state_class=None, slim: bool = True) -> "Experiment":
+    def restore(cls, directory, state_class=None, slim: bool = True, storage_options=None) -> "Experiment":
         """Open a stored experiment. Slim (the default) reads only the index and
         unpickles nothing; `slim=False` also loads every payload. Give the
         `state_class` the nodes were made with to grow it: `Recipe(...)(node)`,
@@ -350,7 +351,7 @@ class Experiment:
         index = Index(directory)  # raises if this is not an experiment
         experiment = cls.__new__(cls)
         experiment.directory, experiment.index = directory, index
-        experiment.objects = _objects(index, directory, None)
+        experiment.objects = _objects(index, directory, None, storage_options)
         experiment._start_building()
         # Without a state_class, nodes are generic ExperimentStates: importing the
         # class the index names would run someone's code just to browse.
@@ -389,17 +390,24 @@ def _accepts(function, name) -> bool:
                for p in parameters)
 
 
-def _objects(index: Index, directory: Path, location, upgrade=True):
+def _objects(index: Index, directory: Path, location, storage_options=None, upgrade=True):
     """The experiment's blobs: `directory/objects` unless the experiment was made
     with another location (a shared folder or an fsspec URL), kept in the index.
     Only the process that owns the experiment (`upgrade`) may write the index."""
     recorded = index.meta("objects")
     if location is not None and recorded is not None and str(location) != recorded:
         raise ValueError(f"{directory} keeps its blobs in {recorded}, not {location}")
-    if location is not None and recorded is None:
-        index.set_meta("objects", str(location))
+    new_location = location is not None and recorded is None
     location = recorded or location
-    objects = open_store(location) if location is not None else ObjectStore(directory / OBJECTS_NAME)
+    if location is None:
+        if storage_options:
+            raise ValueError(f"storage_options are for blobs behind an fsspec URL (objects='s3://...'); "
+                             f"{directory} keeps its blobs in its own folder")
+        objects = ObjectStore(directory / OBJECTS_NAME)
+    else:
+        objects = open_store(location, storage_options)  # checked before it is recorded
+        if new_location:
+            index.set_meta("objects", str(location))
     if upgrade and index.schema_version < SCHEMA_VERSION and objects.fanout == FANOUT:
         # no blob yet in an old experiment: it takes the new layout, which older abgraph must not write to
         index.set_meta("schema_version", SCHEMA_VERSION)
