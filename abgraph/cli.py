@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import sqlite3
 import sys
 
 
@@ -12,6 +13,7 @@ def _open(directory):
 
 
 def cmd_ls(args):
+    from .identity import printable
     nodes = _open(args.directory).graph.nodes
     if args.filter:
         for pattern in args.filter:
@@ -21,8 +23,8 @@ def cmd_ls(args):
     for node in nodes:
         record = node._ab_record
         name = record.recipe.rsplit(".", 1)[-1]
-        print(f"{record.id[:12]}  {record.status:7}  {node._ab_graph.depth(node.id):>3}  {name:18} "
-              f"{','.join(record.tags)}")
+        print(f"{printable(record.id[:12])}  {record.status:7}  {node._ab_graph.depth(node.id):>3}  {printable(name):18} "
+              f"{printable(','.join(record.tags))}")
 
 
 def cmd_show(args):
@@ -42,17 +44,30 @@ def cmd_draw(args):
 
 def cmd_report(args):
     import pandas
+
+    from .identity import printable
     frame = _open(args.directory).graph.to_dataframe()
     fixed = {"id", "parents", "depth", "recipe", "tags", "status", "duration"}
     frame["id"] = frame["id"].str[:12]
     frame["tags"] = frame["tags"].map(",".join)
+    for column in frame.columns:  # stored text reaches the terminal as text, never as escapes
+        if frame[column].dtype == object:
+            frame[column] = frame[column].map(lambda v: printable(v) if isinstance(v, str) else v)
     wanted = ["id", "recipe", "tags", "status"] + [c for c in frame.columns if c not in fixed]
     with pandas.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
         print(frame[wanted].to_string(index=False))
 
 
 def cmd_verify(args):
-    from .store.maintenance import verify
+    from .store.maintenance import repair, verify
+    if args.repair:
+        fixed = repair(args.directory)
+        print(f"index rebuilt: {fixed.kept} node(s) kept; the old index is {fixed.backup}")
+        for what, why in fixed.lost.items():
+            print(f"lost {what}: {why}")
+        for node_id, digests in fixed.damaged.items():
+            print(f"node {node_id} kept as damaged ({len(digests)} blob(s) missing or corrupted): "
+                  "the next run recomputes it")
     experiment = _open(args.directory)
     report = verify(experiment.index, experiment.objects)
     print(f"{report.blobs} blobs checked")
@@ -70,8 +85,18 @@ def cmd_gc(args):
     from .experiment import LOCK_NAME
     from .store.maintenance import collect_garbage
     experiment = _open(args.directory)
-    deleted, freed = collect_garbage(experiment.directory, experiment.index, experiment.objects, LOCK_NAME)
-    print(f"deleted {deleted} unreferenced blob(s), {freed / 2**20:.1f} MiB freed")
+    if args.forget:
+        found = experiment.objects.forget(args.forget)
+        print(f"{args.forget} {'forgotten' if found else 'was not listed'} as a user of {experiment.objects.location}")
+        return 0 if found else 1
+    garbage, size = collect_garbage(experiment.directory, experiment.index, experiment.objects, LOCK_NAME,
+                                    dry_run=args.dry_run)
+    if args.dry_run:
+        for digest in garbage:
+            print(f"would delete {digest}")
+        print(f"{len(garbage)} unreferenced blob(s), {size / 2**20:.1f} MiB: run without --dry-run to delete")
+    else:
+        print(f"deleted {len(garbage)} unreferenced blob(s), {size / 2**20:.1f} MiB freed")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -98,9 +123,14 @@ def parser() -> argparse.ArgumentParser:
     report.set_defaults(run=cmd_report)
     check = commands.add_parser("verify", help="re-hash every blob and check every record")
     check.add_argument("directory")
+    check.add_argument("--repair", action="store_true",
+                       help="rebuild a damaged index from its intact rows, listing what was lost")
     check.set_defaults(run=cmd_verify)
-    gc = commands.add_parser("gc", help="delete blobs no record references")
+    gc = commands.add_parser("gc", help="delete blobs no experiment using the location references")
     gc.add_argument("directory")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    gc.add_argument("--forget", metavar="EXPERIMENT",
+                    help="drop a deleted experiment from the users of the shared objects location")
     gc.set_defaults(run=cmd_gc)
     return main
 
@@ -109,7 +139,7 @@ def main(argv=None) -> int:
     args = parser().parse_args(argv)
     try:
         return args.run(args) or 0
-    except (KeyError, ValueError, RuntimeError, TypeError, OSError) as error:
+    except (KeyError, ValueError, RuntimeError, TypeError, OSError, sqlite3.Error) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         print(f"abgraph {args.command}: {message}", file=sys.stderr)
         return 2

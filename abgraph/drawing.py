@@ -4,7 +4,7 @@ from __future__ import annotations
 import html
 from pathlib import Path
 
-from .identity import readable
+from .identity import printable, readable
 
 FORMATS = ("pdf", "svg", "png")
 _STATUS_STYLE = {
@@ -43,18 +43,23 @@ def default_label(node, metrics=(), shown=None) -> str:
     record = node._ab_record
     name = record.recipe.rsplit(".", 1)[-1]
     values = {k: v for k, v in _shown_values(record).items() if shown is None or k in shown}
-    lines = [f"<B>{html.escape(name)}</B>"]
-    lines += [html.escape(f"{k}={_short(readable(v))}") for k, v in values.items()]
+    lines = [f"<B>{_escape(name)}</B>"]
+    lines += [_escape(f"{k}={_short(readable(v))}") for k, v in values.items()]
     if record.tags:
-        lines.append(f"<I>{html.escape(', '.join(record.tags))}</I>")
+        lines.append(f"<I>{_escape(', '.join(record.tags))}</I>")
     for metric in metrics:
         value = measured(record, metric)
         if value is not None:
-            lines.append(html.escape(f"{metric}={_short(value)}"))
+            lines.append(_escape(f"{metric}={_short(value)}"))
     if record.status != "done":
         lines.append(f"<B>{record.status.upper()}</B>")
     lines.append(f'<FONT POINT-SIZE="8" COLOR="#666666">{record.id[:8]}</FONT>')
     return "<" + "<BR/>".join(lines) + ">"
+
+
+def _escape(text) -> str:
+    """Any stored text as graphviz HTML-label text (a crafted tag cannot break the label)."""
+    return html.escape(printable(text))
 
 
 def measured(record, name):

@@ -14,7 +14,7 @@ from .executors.progress import Progress
 from .executors.task import Task, record_for
 from .graph import ExperimentGraph
 from .state import ExperimentState, StatePromise
-from .store import FANOUT, OBJECTS_NAME, SCHEMA_VERSION, Index, ObjectStore, open_store
+from .store import FANOUT, OBJECTS_NAME, SCHEMA_VERSION, DamagedIndex, Index, maintenance, open_store
 
 LOCK_NAME = ".abgraph.lock"
 
@@ -47,10 +47,14 @@ class Experiment:
             raise TypeError(f"state_class must be a subclass of abgraph.ExperimentState, "
                             f"not {state_class!r}")
         self.directory = Path(directory).expanduser()
+        if self.directory.exists() and not self.directory.is_dir():
+            raise NotADirectoryError(f"{self.directory} is a file, not a folder: an experiment is a "
+                                     "folder (give a new path, or the folder of an existing experiment)")
         self.directory.mkdir(parents=True, exist_ok=True)
         self.state_class = state_class
         self.index = Index(self.directory, create=True)
         self.objects = _objects(self.index, self.directory, objects)
+        self.objects.claim(self.directory.resolve())
         self._nodes: dict[str, PlannedNode] = {}
         self._tags: list[str] = []
         self._graph = None
@@ -125,6 +129,7 @@ class Experiment:
         """
         from .executors import default_executor
         executor = executor or default_executor()
+        maintenance.damaged_nodes(self.index, self.objects, self._nodes)  # recomputed below
         stored = self.index.statuses()
         state = scheduler.plan(self._nodes, {n: status for n, (status, _) in stored.items()},
                                self.index.result_versions())
@@ -194,7 +199,7 @@ class Experiment:
         index = Index(directory)  # raises if this is not an experiment
         experiment = cls.__new__(cls)
         experiment.directory, experiment.index = directory, index
-        experiment.objects = _objects(index, directory, None)
+        experiment.objects = _objects(index, directory, None, create=False)
         experiment._nodes, experiment._tags, experiment._graph = {}, [], None
         # Without a state_class, nodes are generic ExperimentStates: importing the
         # class the index names would run someone's code just to browse.
@@ -209,17 +214,20 @@ class Experiment:
         return f"<Experiment {self.directory} ({len(self._nodes)} nodes built)>"
 
 
-def _objects(index: Index, directory: Path, location):
+def _objects(index: Index, directory: Path, location, create: bool = True):
     """The experiment's blobs: `directory/objects` unless the experiment was made
-    with another location (a shared folder or an fsspec URL), kept in the index."""
+    with another location (a shared folder or an fsspec URL), kept in the index.
+    Browsing (`create=False`) creates and changes nothing."""
     recorded = index.meta("objects")
+    if recorded is not None and not isinstance(recorded, str):
+        raise DamagedIndex(f"{index.path} names its objects location {str(recorded)[:60]!r}, not a path")
     if location is not None and recorded is not None and str(location) != recorded:
         raise ValueError(f"{directory} keeps its blobs in {recorded}, not {location}")
     if location is not None and recorded is None:
         index.set_meta("objects", str(location))
     location = recorded or location
-    objects = open_store(location) if location is not None else ObjectStore(directory / OBJECTS_NAME)
-    if index.schema_version < SCHEMA_VERSION and objects.fanout == FANOUT:
+    objects = open_store(location if location is not None else directory / OBJECTS_NAME, create)
+    if create and index.schema_version < SCHEMA_VERSION and objects.fanout == FANOUT:
         # no blob yet in an old experiment: it takes the new layout, which older abgraph must not write to
         index.set_meta("schema_version", SCHEMA_VERSION)
     return objects

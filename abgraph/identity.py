@@ -73,6 +73,15 @@ def canonical(value, where="value"):
         "a named function or functools.partial, a dataclass, a tensor or a numpy array")
 
 
+def printable(text) -> str:
+    """Text from an index, safe for a terminal or a graphviz label: control
+    characters (terminal escapes, form feeds) and lone surrogates shown as escapes."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
+
+
 def readable(value):
     """An encoded value back as plain Python, for tables and labels (not for identity)."""
     if isinstance(value, dict) and len(value) == 1:

@@ -72,7 +72,7 @@ class StateCache:
             self._states.move_to_end(node_id)
             return state
         self.loads += 1
-        return state_class._create(properties)._load(digest, objects)
+        return state_class._create(properties)._load(digest, objects, verify=True)  # never build on a damaged payload
 
 
 _ENVIRONMENT: dict = {}

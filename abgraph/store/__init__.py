@@ -1,9 +1,9 @@
 """Where nodes live: the SQLite index (slim records) and the object store (payload blobs)."""
-from .index import INDEX_NAME, SCHEMA_VERSION, Index, NodeRecord, NotAnExperiment
-from .objects import FANOUT, BlobError, FsspecObjectStore, ObjectStore, open_store
+from .index import INDEX_NAME, SCHEMA_VERSION, DamagedIndex, Index, NodeRecord, NotAnExperiment
+from .objects import FANOUT, BlobError, DiskFull, FsspecObjectStore, ObjectStore, open_store
 from .payload import PayloadError
 
 OBJECTS_NAME = "objects"
 
-__all__ = ["FANOUT", "INDEX_NAME", "OBJECTS_NAME", "SCHEMA_VERSION", "BlobError", "Index", "NodeRecord",
+__all__ = ["FANOUT", "DamagedIndex", "INDEX_NAME", "OBJECTS_NAME", "SCHEMA_VERSION", "BlobError", "DiskFull", "Index", "NodeRecord",
            "FsspecObjectStore", "NotAnExperiment", "ObjectStore", "PayloadError", "open_store"]
