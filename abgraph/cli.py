@@ -51,8 +51,7 @@ def cmd_report(args):
     frame["id"] = frame["id"].str[:12]
     frame["tags"] = frame["tags"].map(",".join)
     for column in frame.columns:  # stored text reaches the terminal as text, never as escapes
-        if frame[column].dtype == object:
-            frame[column] = frame[column].map(lambda v: printable(v) if isinstance(v, str) else v)
+        frame[column] = frame[column].map(lambda v: printable(v) if isinstance(v, str) else v)
     wanted = ["id", "recipe", "tags", "status"] + [c for c in frame.columns if c not in fixed]
     with pandas.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
         print(frame[wanted].to_string(index=False))
@@ -69,6 +68,9 @@ def cmd_verify(args):
             print(f"node {node_id} kept as damaged ({len(digests)} blob(s) missing or corrupted): "
                   "the next run recomputes it")
     experiment = _open(args.directory)
+    graph = experiment.graph  # every row well formed, the graph acyclic
+    for node_id in graph._by_id:
+        graph.depth(node_id)
     report = verify(experiment.index, experiment.objects)
     print(f"{report.blobs} blobs checked")
     for digest in report.corrupted:

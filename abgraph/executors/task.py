@@ -95,7 +95,8 @@ def record_for(task: Task, **fields) -> NodeRecord:
                       recipe_properties=recipe_properties, recipe_version=recipe_version,
                       properties=canonical(task.properties, cls.__name__)["map"], tags=list(task.tags),
                       state_class=f"{cls.__module__}.{cls.__qualname__}",
-                      attributes=list(cls.NONHASHED_ATTRIBUTES), **fields)
+                      attributes=list(cls.NONHASHED_ATTRIBUTES), derived_from=list(task.parent_payloads),
+                      **fields)
 
 
 def execute(task: Task, objects, cache: StateCache, device="cpu", reraise=False) -> NodeRecord:

@@ -12,7 +12,7 @@ import json
 import os
 import sqlite3
 import threading
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from .objects import DiskFull
@@ -51,6 +51,7 @@ class NodeRecord:
     result_versions: dict = field(default_factory=dict)
     environment: dict = field(default_factory=dict)
     seq: int = 0
+    derived_from: list = field(default_factory=list)  # parents' payloads it was computed from (not stored)
 
 
 _SCHEMA = """
@@ -187,6 +188,7 @@ class Index:
                     self.db.executemany("INSERT OR IGNORE INTO tags VALUES (?, ?)",
                                         [(record.id, t) for t in record.tags])
                     if record.id not in results_only:
+                        record = self._from_stored_parents(record)
                         seq += 1
                         values = dict(vars(record), seq=seq)  # asdict() deep-copies: slow
                         row = [(_dumps(values[c]) if c in _JSON_COLUMNS else values[c]) for c in _NODE_COLUMNS]
@@ -206,6 +208,21 @@ class Index:
                     raise DiskFull(f"disk full: {self._stored()} nodes stored in {self.path.parent}; "
                                    "rerun when space is freed (stored nodes are kept)") from None
                 raise
+
+    def _from_stored_parents(self, record: NodeRecord) -> NodeRecord:
+        """A child computed from a parent payload that is not the stored one (two runs
+        of a nondeterministic recipe at once, the other stored first) is not stored
+        as done: the stored graph must show where each payload came from."""
+        if record.status != "done":
+            return record
+        for parent, used in zip(record.parents, record.derived_from):
+            row = self.db.execute("SELECT payload FROM nodes WHERE id=? AND status='done'", (parent,)).fetchone()
+            if used is not None and (row is None or row[0] != used):
+                return replace(record, status="failed", payload=None, blobs=[], results={}, error=(
+                    f"computed from payload {str(used)[:12]} of parent {parent}, but another run stored "
+                    "that parent first with another payload (a nondeterministic recipe run twice at "
+                    "once); rerun to compute it from the stored parent"))
+        return record
 
     def _stored(self) -> int:
         return self.db.execute("SELECT COUNT(*) FROM nodes WHERE status='done'").fetchone()[0]

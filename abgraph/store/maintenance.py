@@ -43,6 +43,9 @@ def referenced(index) -> dict[str, set]:
 def verify(index, objects) -> VerifyReport:
     """Re-hash every blob (streamed), check every record's blobs are present, list
     orphans. Only names of the blob format are read, never through a link."""
+    unmarked = objects.unmarked()
+    if unmarked:
+        raise RuntimeError(f"verify refused: {unmarked}")
     report = VerifyReport()
     present = set()
     for digest in objects.digests():

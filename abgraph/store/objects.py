@@ -153,14 +153,18 @@ class ObjectStore:
         """Drop an experiment (deleted for good) from the users of this location."""
         return self._remove_file(f"{USERS_NAME}/{_user_key(str(experiment))}")
 
-    def refusal(self) -> str | None:
-        """Why `gc` must not delete here, or None."""
-        if self.root.is_symlink():
-            return f"{self.location} is a symbolic link"
+    def unmarked(self) -> str | None:
+        """Why this location is not known as abgraph's, or None."""
         if self._get_file(MARKER_NAME) is None:
             return (f"{self.location} was not created by abgraph (no {MARKER_NAME} in it); "
                     "open the experiment once with abgraph.Experiment(folder) if it was")
         return None
+
+    def refusal(self) -> str | None:
+        """Why `gc` must not delete here, or None."""
+        if self.root.is_symlink():
+            return f"{self.location} is a symbolic link"
+        return self.unmarked()
 
     # -- the primitives of a medium ----------------------------------------------
     def path(self, digest: str) -> Path:
@@ -313,10 +317,7 @@ class FsspecObjectStore(ObjectStore):
         return self.url
 
     def refusal(self) -> str | None:
-        if self._get_file(MARKER_NAME) is None:
-            return (f"{self.location} was not created by abgraph (no {MARKER_NAME} in it); "
-                    "open the experiment once with abgraph.Experiment(folder) if it was")
-        return None
+        return self.unmarked()
 
     def path(self, digest: str) -> str:
         return f"{self.root}/{self._folder(digest)}/{digest[self.fanout:]}"
