@@ -27,10 +27,12 @@ class VerifyReport:
 
 
 def referenced(index) -> dict[str, set]:
-    """node id -> every blob its record needs (payload and tensors); a digest that
-    is not one raises (a damaged or crafted index proves nothing unreferenced)."""
+    """node id -> every blob a stored node needs (payload and tensors; a failed node's
+    are garbage); a digest that is not one raises (a damaged or crafted index
+    proves nothing unreferenced)."""
     needs = {}
-    for node_id, payload, blobs in index._query("SELECT id, payload, blobs FROM nodes"):
+    for node_id, payload, blobs in index._query(
+            "SELECT id, payload, blobs FROM nodes WHERE status IN ('done', 'damaged')"):
         try:
             digests = set(json.loads(blobs)) | ({payload} if payload else set())
             needs[node_id] = {check_digest(d) for d in digests}
@@ -71,7 +73,8 @@ def damaged_nodes(index, objects, planned) -> dict:
     Every stored node's blobs must exist; those a node to be computed will load
     (its stored parents) are also re-hashed, so no recipe starts from a payload
     that fails its check. Cheap next to a run: one stat per blob, one read of the
-    payloads built upon.
+    payloads built upon. A corrupted blob is deleted, so the recomputed node
+    writes it again (its name is a promise its bytes no longer keep).
     """
     stored = {n: d for n, d in referenced(index).items() if n in planned}
     done = {n for n, (status, _) in index.statuses().items() if status == "done" and n in stored}
@@ -91,6 +94,9 @@ def damaged_nodes(index, objects, planned) -> dict:
         if not found:
             break
         damaged.update(found)
+    for digest, ok in intact.items():
+        if not ok and objects.exists(digest):
+            objects.delete(digest)
     if damaged:
         index.mark_damaged(damaged)
     return damaged
@@ -213,6 +219,9 @@ def repair(directory) -> RepairReport:
                    if not intact.setdefault(d, objects.intact(d))]
             if bad and record.status == "done":
                 report.damaged[record.id] = bad
+        for digest, ok in intact.items():
+            if not ok and objects.exists(digest):
+                objects.delete(digest)  # the recomputed node writes it again
         index.mark_damaged({n: f"damaged: {len(b)} blob(s) missing or corrupted"
                             for n, b in report.damaged.items()})
     finally:
