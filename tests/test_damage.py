@@ -207,3 +207,66 @@ def test_two_concurrent_runs_of_a_nondeterministic_recipe_keep_the_lineage(tmp_p
     noise, child = (exp.graph.node(n.id) for n in (noise, child))
     assert child.status == "done" and torch.equal(child.restore().weights, noise.restore().weights + 1)
     assert json.loads(json.dumps(child._ab_record.parents)) == [noise.id]
+
+
+CHAIN = textwrap.dedent(r'''
+    import sys
+    import torch
+    import abgraph
+
+    class Weights(abgraph.ExperimentState):
+        PROPERTIES = ["width"]
+        NONHASHED_ATTRIBUTES = ["weights"]
+
+        def initialize_state(self, width):
+            self.weights = torch.zeros(width)
+
+    class Step(abgraph.Recipe):
+        PROPERTIES = ["k"]
+
+        def run(self, state):
+            state.weights = state.weights + self.k
+            return state
+
+    exp = abgraph.Experiment(sys.argv[1], state_class=Weights)
+    state = exp.spawn_new_tree(width=int(sys.argv[2]))
+    for k in range(int(sys.argv[3])):
+        state = Step(k=k)(state)
+    report = exp.run(executor=abgraph.SerialExecutor())
+    print(report)
+    sys.exit(0 if report.ok else 1)
+''')
+
+
+@pytest.fixture
+def small_disk(tmp_path):
+    """A 1 MiB filesystem (tmpfs, mounted as root), grown to 16 MiB by `grow()`;
+    skipped where no filesystem can be mounted (RLIMIT_FSIZE would fail the
+    writes with EFBIG, not the ENOSPC a full disk gives)."""
+    mount = tmp_path / "disk"
+    mount.mkdir()
+    made = subprocess.run(["mount", "-t", "tmpfs", "-o", "size=1m", "tmpfs", str(mount)],
+                          capture_output=True, text=True)
+    if made.returncode:
+        pytest.skip(f"no small filesystem to fill here (mounting a tmpfs needs root): {made.stderr.strip()}")
+
+    def grow():
+        subprocess.run(["mount", "-o", "remount,size=16m", str(mount)], check=True)
+    yield mount, grow
+    subprocess.run(["umount", "--lazy", str(mount)], check=True)
+
+
+@pytest.mark.parametrize("width, nodes", [(16384, 30), (16, 600)], ids=["large blobs", "many small nodes"])
+def test_disk_full_mid_run_says_so_and_a_rerun_recovers(small_disk, tmp_path, width, nodes):
+    mount, grow = small_disk
+    script = tmp_path / "chain.py"
+    script.write_text(CHAIN)
+    command = [sys.executable, str(script), str(mount / "exp"), str(width), str(nodes)]
+    full = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    output = full.stdout + full.stderr
+    assert full.returncode != 0 and "disk full:" in output and "rerun when space is freed" in output, output
+    assert "cannot rollback" not in output
+    grow()
+    again = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert again.returncode == 0 and " 0 failed" in again.stdout, again.stdout + again.stderr
+    assert cli("verify", mount / "exp")[0] == 0
