@@ -21,3 +21,17 @@ def using_device(device):
         yield
     finally:
         _device.reset(token)
+
+
+def check_available(devices) -> None:
+    """Refuse, before any worker starts, a device this machine does not have."""
+    for device in devices:
+        kind, _, index = str(device).partition(":")
+        if kind == "cuda":
+            count = torch.cuda.device_count()
+            if int(index or 0) >= count:
+                raise ValueError(f"device {device!r} is not on this machine: it has {count} CUDA device(s)"
+                                 + (f" (cuda:0 to cuda:{count - 1})" if count else "")
+                                 + "; use devices=['cpu'] or the CUDA devices it has")
+        elif kind == "mps" and not torch.backends.mps.is_available():
+            raise ValueError(f"device {device!r} is not on this machine (no Apple MPS); use 'cpu'")

@@ -46,6 +46,8 @@ class Experiment:
         if not (isinstance(state_class, type) and issubclass(state_class, ExperimentState)):
             raise TypeError(f"state_class must be a subclass of abgraph.ExperimentState, "
                             f"not {state_class!r}")
+        for attribute in ("PROPERTIES", "NONHASHED_ATTRIBUTES"):
+            identity.declared_names(state_class, attribute)
         self.directory = Path(directory).expanduser()
         if self.directory.exists() and not self.directory.is_dir():
             raise NotADirectoryError(f"{self.directory} is a file, not a folder: an experiment is a "
@@ -66,6 +68,9 @@ class Experiment:
         for tag in tags:
             if not isinstance(tag, str) or not tag:
                 raise TypeError(f"a tag is a non-empty string, not {tag!r}")
+            if not tag.isprintable():
+                raise ValueError(f"tag {tag!r} holds a control character or a lone surrogate; "
+                                 "a tag is printable text (it is shown in terminals and drawings)")
         self._tags.extend(tags)
         try:
             yield self

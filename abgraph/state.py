@@ -37,7 +37,16 @@ class ExperimentState:
         return state
 
     def _payload(self) -> dict:
-        return {name: self.__dict__[name] for name in self._ab_attributes if name in self.__dict__}
+        """What is stored; an attribute set outside NONHASHED_ATTRIBUTES would be
+        lost without a word, so it is refused."""
+        kept = self._ab_attributes
+        lost = [name for name in self.__dict__ if name not in kept and name not in self._ab_properties
+                and name not in ("id", "metrics") and not name.startswith("_ab_")]
+        if lost:
+            raise AttributeError(
+                f"{type(self).__name__} has attribute {lost[0]!r}, which is not in NONHASHED_ATTRIBUTES "
+                f"{list(kept)} and would not be stored; add it there (or delete it before returning)")
+        return {name: self.__dict__[name] for name in kept if name in self.__dict__}
 
     @property
     def properties(self) -> dict:

@@ -12,6 +12,7 @@ import shutil
 import sqlite3
 import subprocess
 import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -39,6 +40,21 @@ class Scale(abgraph.Recipe):
     def run(self, state):
         state.weights = state.weights * self.factor
         return state
+
+
+# the same state, as the head of a user's script run in a subprocess
+SCRIPT_HEAD = textwrap.dedent(r'''
+    import json, os, sys, time
+    import torch
+    import abgraph
+
+    class Weights(abgraph.ExperimentState):
+        PROPERTIES = ["width"]
+        NONHASHED_ATTRIBUTES = ["weights"]
+
+        def initialize_state(self, width):
+            self.weights = torch.zeros(width)
+''')
 
 
 def small(directory, objects=None, factors=(2.0, 3.0)):

@@ -19,7 +19,7 @@ from abgraph.executors.task import StateCache
 from abgraph.store import BlobError, Index, NodeRecord
 from conftest import (BASE_NODES, blob_files, copy_experiment, finish_script, records_by_id, run_cli,
                       run_script, start_script, write_script)
-from test_crafted_folders import Scale, Weights, cli, small
+from test_crafted_folders import SCRIPT_HEAD, Scale, Weights, cli, small
 
 NEW_CHILD = r'''
 def extend(exp, nodes):
@@ -145,17 +145,7 @@ def test_a_done_record_is_never_replaced(tmp_path):
     assert {r.id: r for r in index.records()}["c"].status == "done"
 
 
-RACE = textwrap.dedent(r'''
-    import os, sys, time
-    import torch
-    import abgraph
-
-    class Weights(abgraph.ExperimentState):
-        PROPERTIES = ["width"]
-        NONHASHED_ATTRIBUTES = ["weights"]
-
-        def initialize_state(self, width):
-            self.weights = torch.zeros(width)
+RACE = SCRIPT_HEAD + textwrap.dedent(r'''
 
     class Noise(abgraph.Recipe):
         """Nondeterministic: waits until both runs are here, then draws."""
@@ -209,17 +199,7 @@ def test_two_concurrent_runs_of_a_nondeterministic_recipe_keep_the_lineage(tmp_p
     assert json.loads(json.dumps(child._ab_record.parents)) == [noise.id]
 
 
-CHAIN = textwrap.dedent(r'''
-    import sys
-    import torch
-    import abgraph
-
-    class Weights(abgraph.ExperimentState):
-        PROPERTIES = ["width"]
-        NONHASHED_ATTRIBUTES = ["weights"]
-
-        def initialize_state(self, width):
-            self.weights = torch.zeros(width)
+CHAIN = SCRIPT_HEAD + textwrap.dedent(r'''
 
     class Step(abgraph.Recipe):
         PROPERTIES = ["k"]

@@ -11,6 +11,7 @@ import sys
 import time
 from multiprocessing.connection import Connection, wait
 
+from ..device import check_available
 from .. import serialization
 from ..store import NodeRecord
 from .base import Executor, Worker
@@ -119,7 +120,7 @@ class ProcessExecutor(Executor):
 
     def __init__(self, workers=None, devices=None, retries: int = 0, cache_size: int = 4,
                  threads=None, start="auto"):
-        if workers is not None and (not isinstance(workers, int) or workers < 1):
+        if workers is not None and (not isinstance(workers, int) or isinstance(workers, bool) or workers < 1):
             raise ValueError(f"workers must be a positive int, not {workers!r}")
         self.devices = assign_devices(workers, devices)
         self.threads = threads or threads_per_worker(self.devices)
@@ -135,6 +136,7 @@ class ProcessExecutor(Executor):
     # -- lifecycle -----------------------------------------------------------
     def open(self, objects) -> None:
         """Start every worker now: they import torch in parallel while the run begins."""
+        check_available({worker.device for worker in self.workers})
         self.objects_root = objects.location
         for worker in self.workers:
             if worker.process is None:

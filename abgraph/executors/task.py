@@ -119,7 +119,7 @@ def execute(task: Task, objects, cache: StateCache, device="cpu", reraise=False)
         if task.keep:
             cache.put(task.node_id, state)
         record.status = "done"
-    except Exception as error:
+    except (Exception, SystemExit) as error:  # sys.exit() in a recipe fails its node, not the run
         record.status, record.error = "failed", traceback.format_exc()
         if reraise:
             record.finished, record.duration = time.time(), time.perf_counter() - clock
@@ -151,6 +151,10 @@ def _compute(task: Task, objects, cache: StateCache, record: NodeRecord):
                 f"{type(task.recipe).__name__}.run returned {type(produced).__name__}, not a state: "
                 "end run() with `return state`")
         if produced is not state:
+            if "_ab_attributes" not in vars(produced):
+                raise RecipeResultError(
+                    f"{type(task.recipe).__name__}.run returned a {type(produced).__name__} it built "
+                    "itself; change the state run() was given and return it (abgraph makes states)")
             known = {}
         state = produced
     record.payload, record.blobs, state._ab_snapshot = payload_io.dump(state._payload(), objects, known)
