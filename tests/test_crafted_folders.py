@@ -323,3 +323,24 @@ def test_a_fifo_and_a_huge_sparse_file_in_objects(tmp_path):
     with pytest.raises(BlobError, match="not a regular file|missing"):
         abgraph.Experiment.restore(exp.directory).graph.node(
             next(iter(records_by_id(exp.directory)))).restore()
+
+
+def test_gc_through_an_fsspec_location_keeps_the_same_rules(tmp_path):
+    pytest.importorskip("fsspec")
+    from abgraph.store import FsspecObjectStore
+    url = f"file://{tmp_path / 'bucket' / 'objects'}"
+    exp = small(tmp_path / "exp", objects=url)
+    orphan = FsspecObjectStore(url).put(b"garbage")
+    before = snapshot(tmp_path / "bucket")
+    code, out, _ = cli("gc", exp.directory, "--dry-run")
+    assert code == 0 and f"would delete {orphan}" in out and snapshot(tmp_path / "bucket") == before
+    code, out, err = cli("gc", exp.directory)
+    assert code == 0 and "deleted 1 unreferenced" in out, err
+    assert cli("verify", exp.directory)[0] == 0
+
+    outside = tmp_path / "home"
+    kept = outside_files(outside)
+    set_meta(exp.directory, "objects", f"file://{outside}")
+    code, _, err = cli("gc", exp.directory)
+    assert code == 2 and "not created by abgraph" in err
+    assert snapshot(outside) == kept

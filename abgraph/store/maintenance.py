@@ -78,9 +78,10 @@ def damaged_nodes(index, objects, planned) -> dict:
     """
     stored = {n: d for n, d in referenced(index).items() if n in planned}
     done = {n for n, (status, _) in index.statuses().items() if status == "done" and n in stored}
-    damaged, exists, intact = {}, {}, {}
+    damaged, intact = {}, {}
+    absent = objects.missing(set().union(*(stored[n] for n in done)) if done else set())
     for node_id in done:
-        lacking = [d for d in sorted(stored[node_id]) if not exists.setdefault(d, objects.exists(d))]
+        lacking = sorted(stored[node_id] & absent)
         if lacking:
             damaged[node_id] = f"damaged: {len(lacking)} blob(s) missing ({lacking[0][:12]}…)"
     while True:  # a parent re-hashed as damaged has parents of its own to check

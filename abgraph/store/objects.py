@@ -106,6 +106,11 @@ class ObjectStore:
         return BlobError(f"blob {digest} in {self.location} is corrupted ({length} bytes); "
                          "run `abgraph verify` on the experiment")
 
+    def missing(self, digests) -> set:
+        """Which of `digests` are not stored (one stat each here; a remote medium
+        lists the store once instead of asking blob by blob)."""
+        return {digest for digest in digests if not self.exists(digest)}
+
     def intact(self, digest: str) -> bool:
         """The blob is there and its bytes hash to its name (read in chunks)."""
         try:
@@ -324,6 +329,9 @@ class FsspecObjectStore(ObjectStore):
 
     def exists(self, digest: str) -> bool:
         return self.fs.exists(self.path(digest))
+
+    def missing(self, digests) -> set:
+        return set(digests) - set(self.digests())
 
     def _listing(self):
         prefix = len(self.root) + 1
