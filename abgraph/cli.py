@@ -23,8 +23,8 @@ def cmd_ls(args):
     for node in nodes:
         record = node._ab_record
         name = record.recipe.rsplit(".", 1)[-1]
-        print(f"{printable(record.id[:12])}  {record.status:7}  {node._ab_graph.depth(node.id):>3}  {printable(name):18} "
-              f"{printable(','.join(record.tags))}")
+        print(f"{printable(record.id[:12])}  {record.status:7}  {node._ab_graph.depth(node.id):>3}  "
+              f"{printable(name):18} {printable(','.join(record.tags))}")
 
 
 def cmd_show(args):
@@ -69,8 +69,8 @@ def cmd_verify(args):
                   "the next run recomputes it")
     experiment = _open(args.directory)
     graph = experiment.graph  # every row well formed, the graph acyclic
-    for node_id in graph._by_id:
-        graph.depth(node_id)
+    for node in graph.nodes:
+        graph.depth(node.id)
     report = verify(experiment.index, experiment.objects)
     print(f"{report.blobs} blobs checked")
     for digest in report.corrupted:
@@ -89,7 +89,8 @@ def cmd_gc(args):
     experiment = _open(args.directory)
     if args.forget:
         found = experiment.objects.forget(args.forget)
-        print(f"{args.forget} {'forgotten' if found else 'was not listed'} as a user of {experiment.objects.location}")
+        print(f"{args.forget} {'forgotten' if found else 'was not listed'} "
+              f"as a user of {experiment.objects.location}")
         return 0 if found else 1
     garbage, size = collect_garbage(experiment.directory, experiment.index, experiment.objects, LOCK_NAME,
                                     dry_run=args.dry_run)

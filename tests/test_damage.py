@@ -76,6 +76,22 @@ def test_a_run_never_loads_a_payload_that_fails_its_hashes(tmp_path):
     assert again.graph.node(root.id).restore(verify=True).weights.tolist() == [0.0, 1.0, 2.0, 3.0]
 
 
+@abgraph.function
+def total(state):
+    return float(state.weights.sum())
+
+
+def test_a_new_probe_never_reads_a_corrupted_payload(tmp_path):
+    small(tmp_path / "exp")
+    again = abgraph.Experiment(tmp_path / "exp", state_class=Weights)
+    node = Scale(factor=2.0)(again.spawn_new_tree(width=4))
+    total(node)
+    flip(again.objects.path(new_blob_of(records_by_id(tmp_path / "exp"), node.id)))
+    report = again.run(executor=abgraph.SerialExecutor())
+    assert report.ok and report.executed == [node.id], str(report)
+    assert again.graph.node(node.id).results["total"] == 12.0
+
+
 @pytest.mark.parametrize("damage", ["half overwritten", "bit flipped", "crafted row"])
 def test_a_damaged_index_is_repaired_listing_what_was_lost(study_run, tmp_path, damage):
     folder = copy_experiment(study_run.directory, tmp_path / "exp")
@@ -88,7 +104,7 @@ def test_a_damaged_index_is_repaired_listing_what_was_lost(study_run, tmp_path, 
     index.write_bytes(bytes(data))
     if damage == "crafted row":
         with sqlite3.connect(index) as db:
-            db.execute("UPDATE nodes SET blobs='[\"../../etc/passwd\"]' WHERE id=?", (study_run.ids["train:0.05"],))
+            db.execute("UPDATE nodes SET blobs=? WHERE id=?", ('["../../etc/passwd"]', study_run.ids["train:0.05"]))
     code, out, err = cli("verify", folder, "--repair")
     assert "index rebuilt" in out and "Traceback" not in err, out + err
     assert list(folder.glob("abgraph.sqlite.damaged-*")), "the damaged index is kept aside"

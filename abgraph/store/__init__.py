@@ -5,5 +5,5 @@ from .payload import PayloadError
 
 OBJECTS_NAME = "objects"
 
-__all__ = ["FANOUT", "DamagedIndex", "INDEX_NAME", "OBJECTS_NAME", "SCHEMA_VERSION", "BlobError", "DiskFull", "Index", "NodeRecord",
-           "FsspecObjectStore", "NotAnExperiment", "ObjectStore", "PayloadError", "open_store"]
+__all__ = ["FANOUT", "DamagedIndex", "INDEX_NAME", "OBJECTS_NAME", "SCHEMA_VERSION", "BlobError", "DiskFull",
+           "Index", "NodeRecord", "FsspecObjectStore", "NotAnExperiment", "ObjectStore", "PayloadError", "open_store"]

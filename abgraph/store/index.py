@@ -105,7 +105,7 @@ class Index:
         try:
             self.db = self._connect()
         except sqlite3.OperationalError as error:
-            if create or self.readonly or "readonly" not in str(error) and "unable to open" not in str(error):
+            if create or self.readonly or not ("readonly" in str(error) or "unable to open" in str(error)):
                 raise NotAnExperiment(f"{self.path} cannot be opened: {error}") from None
             self.readonly = True  # e.g. root on a read-only mount
             self.db = self._connect()

@@ -70,14 +70,18 @@ def damaged_nodes(index, objects, planned) -> dict:
     """Stored `done` nodes of `planned` (id -> node with `.parents`) that a run must
     recompute, id -> why, and mark them `damaged` in the index.
 
-    Every stored node's blobs must exist; those a node to be computed will load
-    (its stored parents) are also re-hashed, so no recipe starts from a payload
-    that fails its check. Cheap next to a run: one stat per blob, one read of the
-    payloads built upon. A corrupted blob is deleted, so the recomputed node
-    writes it again (its name is a promise its bytes no longer keep).
+    Every stored node's blobs must exist; those a task will load (the stored
+    parents of nodes to compute, stored nodes with a new probe) are also
+    re-hashed, so no recipe or probe starts from a payload that fails its check.
+    Cheap next to a run: one stat per blob, one read of the payloads built upon.
+    A corrupted blob is deleted, so the recomputed node writes it again (its
+    name is a promise its bytes no longer keep).
     """
     stored = {n: d for n, d in referenced(index).items() if n in planned}
     done = {n for n, (status, _) in index.statuses().items() if status == "done" and n in stored}
+    results = index.result_versions()
+    probed = {n for n in done if any(results.get(n, {}).get(name) != probe.version
+                                     for name, probe in planned[n].probes.items())}
     damaged, intact = {}, {}
     absent = objects.missing(set().union(*(stored[n] for n in done)) if done else set())
     for node_id in done:
@@ -86,7 +90,7 @@ def damaged_nodes(index, objects, planned) -> dict:
             damaged[node_id] = f"damaged: {len(lacking)} blob(s) missing ({lacking[0][:12]}…)"
     while True:  # a parent re-hashed as damaged has parents of its own to check
         loaded = {p for n, node in planned.items() if n not in done or n in damaged
-                  for p in node.parents if p in done and p not in damaged}
+                  for p in node.parents if p in done and p not in damaged} | (probed - set(damaged))
         found = {}
         for node_id in loaded:
             bad = [d for d in sorted(stored[node_id]) if not intact.setdefault(d, objects.intact(d))]
@@ -145,7 +149,7 @@ def collect_garbage(directory, index, objects, lock_name, dry_run: bool = False)
     with contextlib.ExitStack() as held:
         used = set()
         for user in users:
-            other = index if user == directory else _user_index(user, objects, held)
+            other = index if user == directory else _user_index(user, directory, objects, held)
             if other is None:
                 continue
             held.enter_context(_exclusive(user, lock_name))
@@ -160,7 +164,7 @@ def collect_garbage(directory, index, objects, lock_name, dry_run: bool = False)
     return garbage, freed
 
 
-def _user_index(user: Path, objects, held):
+def _user_index(user: Path, directory: Path, objects, held):
     """The index of another experiment keeping blobs in `objects`, or None where it
     has moved its blobs elsewhere since; refuses where it cannot be read."""
     try:
@@ -168,7 +172,7 @@ def _user_index(user: Path, objects, held):
     except NotAnExperiment as error:
         raise RuntimeError(
             f"gc refused: {user} keeps blobs in {objects.location} but cannot be read ({error}); "
-            f"if it is gone for good: abgraph gc --forget {user} {objects.location}") from None
+            f"if it is gone for good: abgraph gc {directory} --forget {user}") from None
     held.callback(other.close)
     recorded = other.meta("objects")
     return other if recorded is not None and _same_location(recorded, objects.location) else None

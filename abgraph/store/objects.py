@@ -134,8 +134,8 @@ class ObjectStore:
         """Record that `experiment` (a folder) keeps its blobs here; mark the
         location as abgraph's when abgraph created it (or it holds only blobs)."""
         if self._get_file(MARKER_NAME) is None:
-            foreign = [name for name in self._top_names()
-                       if not (_is_hex(name, self.fanout) or name in (MARKER_NAME, USERS_NAME))]
+            foreign = [name for name in self._top_names()  # hidden names (.DS_Store) gc never touches
+                       if not (_is_hex(name, self.fanout) or name.startswith("."))]
             if foreign:
                 raise ValueError(f"{self.location} holds files abgraph did not write "
                                  f"({', '.join(sorted(foreign)[:3])}); keep blobs in a new or empty folder")
