@@ -242,8 +242,7 @@ def test_a_cycle_in_the_index_is_refused_not_looped(tmp_path):
     execute_sql(self_loop, ("INSERT OR REPLACE INTO edges VALUES (?, 0, ?)", (ids[1], ids[1])))
     cycle = copy_experiment(exp.directory, tmp_path / "cycle")
     execute_sql(cycle, ("INSERT OR REPLACE INTO edges VALUES (?, 0, ?)", (ids[0], ids[1])))
-    commands = [cli_command("ls", self_loop), cli_command("ls", cycle), cli_command("report", cycle),
-                cli_command("draw", cycle, "-o", tmp_path / "cycle.svg")]
+    commands = [cli_command("ls", self_loop), cli_command("draw", cycle, "-o", tmp_path / "cycle.svg")]
     started = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands]
     for command, process in zip(commands, started):
         try:
@@ -252,6 +251,9 @@ def test_a_cycle_in_the_index_is_refused_not_looped(tmp_path):
             process.kill()
         assert process.returncode == 2, (command, err)
         assert ("cycle" in err or "lists itself" in err) and "Traceback" not in err, (command, err)
+    for command in ("ls", "report", "verify"):  # in this process, now that nothing loops
+        code, _, err = cli(command, cycle)
+        assert code == 2 and "cycle" in err, (command, err)
 
 
 @pytest.mark.parametrize("column, value, expected", [
@@ -300,7 +302,7 @@ def test_hostile_tags_reach_no_terminal_and_break_no_drawing(tmp_path):
 
 # -- odd files in objects/ ---------------------------------------------------------------------
 def test_a_fifo_and_a_huge_sparse_file_in_objects(tmp_path):
-    """verify neither blocks on a FIFO nor reads a 1 GiB file into memory."""
+    """verify neither blocks on a FIFO nor reads a 512 MiB file into memory."""
     exp = small(tmp_path / "exp")
     objects = exp.directory / "objects"
     some_blob = next(iter(records_by_id(exp.directory).values())).payload
@@ -310,7 +312,7 @@ def test_a_fifo_and_a_huge_sparse_file_in_objects(tmp_path):
     os.mkfifo(objects / "a" / ("f" * 63)) if (objects / "a").is_dir() else None
     (objects / "e").mkdir(exist_ok=True)
     with open(objects / "e" / ("e" * 63), "wb") as sparse:
-        sparse.truncate(1 << 30)
+        sparse.truncate(512 << 20)
     code = ("import resource, sys; from abgraph.cli import main; status = main(['verify', sys.argv[1]]); "
             "print('MAXRSS', resource.getrusage(resource.RUSAGE_SELF).ru_maxrss); sys.exit(status)")
     result = subprocess.run([sys.executable, "-c", code, str(exp.directory)], capture_output=True,
@@ -319,7 +321,7 @@ def test_a_fifo_and_a_huge_sparse_file_in_objects(tmp_path):
     assert f"corrupted blob {'e' * 64}" in result.stdout
     assert f"is missing 1 blob(s): {some_blob[:12]}" in result.stdout
     maxrss_kib = int(result.stdout.split("MAXRSS ")[1].split()[0])
-    assert maxrss_kib < 768 * 1024, result.stdout
+    assert maxrss_kib < 512 * 1024, result.stdout  # about 250 MiB: Python, torch, the index
     with pytest.raises(BlobError, match="not a regular file|missing"):
         abgraph.Experiment.restore(exp.directory).graph.node(
             next(iter(records_by_id(exp.directory)))).restore()

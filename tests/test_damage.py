@@ -112,8 +112,10 @@ def test_a_damaged_index_is_repaired_listing_what_was_lost(study_run, tmp_path, 
         assert f"lost {study_run.ids['train:0.05']}" in out and f"lost {study_run.ids['prune:0.05']}" in out
         assert "3 node(s) kept" in out
     assert code == 0 and "clean" in out, out + err
-    result = run_script(study_run.script, folder)
-    assert sorted(result["executed"] + result["cached"]) == sorted(study_run.ids.values())
+    if damage != "crafted row":
+        return
+    result = run_script(study_run.script, folder)  # the lost nodes are computed again, the rest kept
+    assert sorted(result["executed"]) == sorted([study_run.ids["train:0.05"], study_run.ids["prune:0.05"]])
     assert result["failed"] == [] and result["blocked"] == []
     assert sorted(records_by_id(folder)) == sorted(study_run.ids.values())
     assert cli("verify", folder)[0] == 0
