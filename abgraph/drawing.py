@@ -11,6 +11,7 @@ _STATUS_STYLE = {
     "done": {"style": "rounded,filled", "color": "#4d4d4d"},
     "failed": {"style": "rounded,filled,bold", "color": "#c0392b", "fillcolor": "#f5b7b1"},
     "blocked": {"style": "rounded,dashed", "color": "#999999", "fontcolor": "#777777"},
+    "stopped": {"style": "rounded,dotted", "color": "#b9770e", "fontcolor": "#777777"},
 }
 # a light sequential scale (low -> high) that keeps black text readable
 _SCALE = ["#f7fbff", "#deebf7", "#c6dbef", "#9ecae1", "#6baed6", "#4292c6"]

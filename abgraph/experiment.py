@@ -8,10 +8,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import identity
-from .executors import driver, scheduler
-from .executors.progress import Progress
-from .executors.task import Task, record_for
+from . import identity, stopping
 from .graph import ExperimentGraph
 from .state import ExperimentState, StatePromise
 from .store import FANOUT, OBJECTS_NAME, SCHEMA_VERSION, DamagedIndex, Index, maintenance, open_store
@@ -59,6 +56,7 @@ class Experiment:
         self.objects.claim(self.directory.resolve())
         self._nodes: dict[str, PlannedNode] = {}
         self._tags: list[str] = []
+        self._stopping_rules: dict = {}
         self._graph = None
 
     # -- building ----------------------------------------------------------------
@@ -126,57 +124,27 @@ class Experiment:
         self._nodes[node_id].probes[probe.name] = probe
 
     # -- running -----------------------------------------------------------------
-    def run(self, executor=None, progress=None):
+    def run(self, executor=None, progress=None, early_stopping: bool = True):
         """Run every node not yet stored; return a `RunReport`.
 
-        `executor` defaults to a `ProcessExecutor` using every core or GPU;
-        `progress` (None: only on a terminal) shows a progress line.
+        `executor` defaults to a `ProcessExecutor` using every core or GPU (kept
+        between runs in a notebook or REPL); `progress` (None: only on a
+        terminal) shows a progress line; `early_stopping=False` ignores the
+        sweep's stopping rules, so stopped branches resume from their last rung.
         """
         from .executors import default_executor
-        executor = executor or default_executor()
-        maintenance.damaged_nodes(self.index, self.objects, self._nodes)  # recomputed below
-        stored = self.index.statuses()
-        state = scheduler.plan(self._nodes, {n: status for n, (status, _) in stored.items()},
-                               self.index.result_versions())
-        self.index.add_tags((node_id, tag) for node_id, node in self._nodes.items() for tag in node.tags)
-        payloads = {node_id: digest for node_id, (status, digest) in stored.items() if status == "done"}
-
-        def make_task(node_id, release, keep):
-            node = self._nodes[node_id]
-            return Task(node_id=node_id, kind=state.kinds[node_id], state_class=self.state_class,
-                        recipe=node.recipe, recipe_record=node.recipe_record, parents=node.parents,
-                        parent_payloads=[payloads.get(p) for p in node.parents],
-                        properties=node.properties, tags=node.tags,
-                        probes=[node.probes[name] for name in state.probes[node_id]],
-                        payload=payloads.get(node_id), keep=keep, release=release)
-
-        def accept(record):
-            if record.status == "done" and record.payload:
-                payloads[record.id] = record.payload
-
-        def write_records(records):
-            probe_only = {r.id for r in records if state.kinds.get(r.id) == scheduler.PROBE}
-            # a failed probe on a stored node leaves the node as it was
-            self.index.write([r for r in records if r.id not in probe_only or r.status == "done"],
-                             results_only=probe_only)
-
-        def make_blocked(node_id, failed_id):
-            return record_for(make_task(node_id, [], False), status="blocked",
-                              error=f"blocked: ancestor {failed_id} failed")
-
-        progress_line = Progress(len(self._nodes), len(state.cached), progress)
+        from .run import RunLoop
+        rules = stopping.rules_for_run(self, early_stopping)
         with self._run_lock():
-            if state.kinds:  # nothing to run: start no workers
-                executor.open(self.objects)
-            try:
-                report = driver.drive(state, executor, make_task, accept, write_records, make_blocked,
-                                      progress_line, lambda n: self._nodes[n].recipe_name)
-            finally:
-                executor.close()
+            maintenance.damaged_nodes(self.index, self.objects, self._nodes)  # the loop recomputes them
+            report = RunLoop(self, executor or default_executor(), progress, rules).run()
         self._graph = None
         if report.interrupted:
             print(f"abgraph: run interrupted; {report}", file=sys.stderr)
         return report
+
+    def _add_stopping_rule(self, rule) -> None:
+        self._stopping_rules[rule.key] = rule
 
     @contextlib.contextmanager
     def _run_lock(self):
@@ -206,6 +174,7 @@ class Experiment:
         experiment.directory, experiment.index = directory, index
         experiment.objects = _objects(index, directory, None, create=False)
         experiment._nodes, experiment._tags, experiment._graph = {}, [], None
+        experiment._stopping_rules = {}
         # Without a state_class, nodes are generic ExperimentStates: importing the
         # class the index names would run someone's code just to browse.
         experiment.state_class = state_class or ExperimentState

@@ -10,6 +10,7 @@ class RunReport:
     cached: list = field(default_factory=list)
     failed: list = field(default_factory=list)
     blocked: list = field(default_factory=list)
+    stopped: list = field(default_factory=list)   # by an early-stopping rule: not failures
     not_run: list = field(default_factory=list)   # left when the run was interrupted
     durations: dict = field(default_factory=dict)
     errors: dict = field(default_factory=dict)
@@ -23,6 +24,8 @@ class RunReport:
     def __str__(self):
         line = (f"{len(self.executed)} executed, {len(self.cached)} cached, {len(self.failed)} failed, "
                 f"{len(self.blocked)} blocked")
+        if self.stopped:
+            line += f", {len(self.stopped)} stopped"
         if self.not_run:
             line += f", {len(self.not_run)} not run"
         line += f" in {self.elapsed:.1f}s" + (" (interrupted)" if self.interrupted else "")

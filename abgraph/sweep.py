@@ -29,6 +29,8 @@ __all__ = [
     "LogUniform",
     "IntUniform",
     "grid",
+    "halving",
+    "median_stopping",
     "random",
 ]
 
@@ -251,3 +253,106 @@ def _drawer(dist: Distribution) -> Callable[[_random.Random], Any]:
         return value
 
     return draw
+
+
+# ------------------------------------------------------------- early stopping
+
+DIRECTIONS = ("max", "min")
+
+
+def halving(root, trials: Tagged[Any], *, evaluate, rungs, metric: str, keep: float = 1 / 3,
+            direction: str = "max", budget: str = "epochs", from_root: bool = False) -> list:
+    """Successive halving over ``trials``: train every trial in rungs and keep
+    only the best ``keep`` fraction after each rung.
+
+    ``trials`` is what :func:`grid` or :func:`random` give. Each trial becomes
+    a chain from ``root``: one training node per rung, trained up to
+    ``rungs[i]`` in total (its ``budget`` property, ``epochs`` by default, is
+    set to the difference, so ``rungs=(5, 15, 70)`` trains 5, then 10, then 55
+    epochs), each followed by ``evaluate`` (a recipe, e.g. ``Evaluate(...)``,
+    or an ``abgraph.function`` probe returning a dict) whose ``metric`` ranks
+    the trials (``direction`` "max" or "min"). The losers' later rungs are
+    stored with status ``stopped``. Every node is tagged with its trial's tags
+    and ``rung:N``. The rule is stored with the experiment: ``exp.run()``
+    applies it, ``exp.run(early_stopping=False)`` resumes stopped trials from
+    their last stored rung, and calling ``halving`` again on the same trials
+    with a larger ``keep`` replaces it. A trained rung starts a fresh optimizer
+    (its state, e.g. Adam's moments, is not part of the model), so a chain of
+    rungs is close to, not the same as, one long run. ``from_root=True`` trains
+    every rung from ``root`` with the whole budget instead: the last rung is
+    then the full grid's own node (same id), so the winner is exactly what the
+    full grid would have found if it survived the earlier rungs, at the price
+    of training the early epochs again (stopped trials restart from the root).
+
+    Returns the last evaluation of every trial (the training node itself when
+    ``evaluate`` is a probe), in the order of ``trials``.
+    """
+    if isinstance(keep, bool) or not isinstance(keep, (int, float)) or not 0 < keep < 1:
+        raise ValueError(f"keep must be a fraction between 0 and 1 (e.g. 1/3), not {keep!r}")
+    return _rung_sweep("halving", root, trials, evaluate, rungs, metric, direction, budget, keep, from_root)
+
+
+def median_stopping(root, trials: Tagged[Any], *, evaluate, rungs, metric: str, direction: str = "max",
+                    budget: str = "epochs", from_root: bool = False) -> list:
+    """Like :func:`halving`, but after each rung stop the trials whose ``metric``
+    is worse than the median of the trials still running (the median rule of
+    Google Vizier and Optuna's ``MedianPruner``, on whole rungs)."""
+    return _rung_sweep("median", root, trials, evaluate, rungs, metric, direction, budget, 0.5, from_root)
+
+
+def _rung_sweep(kind, root, trials, evaluate, rungs, metric, direction, budget, keep, from_root) -> list:
+    from .recipes.base import Probe, Recipe
+    from .state import StatePromise
+    from .stopping import StoppingRule
+
+    if not isinstance(root, StatePromise):
+        raise TypeError(f"root must be a state promise (from spawn_new_tree or a recipe), not {root!r}")
+    trials = list(trials)
+    if not trials or not all(isinstance(t, tuple) and len(t) == 2 for t in trials):
+        raise ValueError("trials must be a non-empty list of (tags, recipe) pairs, as sweep.grid "
+                         "and sweep.random give them")
+    rungs = list(rungs) if isinstance(rungs, (list, tuple, range)) else rungs
+    if not isinstance(rungs, list) or not rungs or any(
+            isinstance(r, bool) or not isinstance(r, int) or r < 1 for r in rungs) \
+            or any(a >= b for a, b in zip(rungs, rungs[1:])):
+        raise ValueError(f"rungs must be increasing positive ints, the budget reached after each "
+                         f"rung (e.g. (5, 15, 70) epochs), not {rungs!r}")
+    if direction not in DIRECTIONS:
+        raise ValueError(f"direction must be 'max' or 'min', not {direction!r}")
+    if not isinstance(metric, str) or not metric:
+        raise TypeError(f"metric must name the evaluation's metric (e.g. 'accuracy'), not {metric!r}")
+    if not isinstance(evaluate, (Recipe, Probe)):
+        raise TypeError(f"evaluate must be a recipe (e.g. Evaluate(metrics=('accuracy',))) or an "
+                        f"abgraph.function probe, not {evaluate!r}")
+    for _, recipe in trials:
+        _check_names(type(recipe), [budget])
+
+    experiment = root.experiment
+    chains, leaves = [], []
+    for tags, recipe in trials:
+        chain, state, reached = [], root, 0
+        for number, total in enumerate(rungs, 1):
+            with experiment.tag(*tags, f"rung:{number}"):
+                start = root if from_root else state
+                state = _with_budget(recipe, budget, total if from_root else total - reached)(start)
+                measured = evaluate(state)
+            chain.append([state.id, measured.id])
+            reached = total
+        chains.append(chain)
+        leaves.append(measured)
+    experiment._add_stopping_rule(StoppingRule(
+        kind=kind, metric=metric, direction=direction, keep=keep, rungs=rungs, trials=chains,
+        labels=[list(tags) for tags, _ in trials],
+        probe=evaluate.name if isinstance(evaluate, Probe) else None))
+    return leaves
+
+
+def _with_budget(recipe, budget: str, amount: int):
+    """A copy of `recipe` with its budget property set to `amount`."""
+    values = dict(recipe.property_values(), **{budget: amount})
+    try:
+        return type(recipe)(**values)
+    except TypeError as error:
+        raise TypeError(f"{type(recipe).__name__}(**properties) cannot be rebuilt with {budget}={amount} "
+                        f"({error}); halving needs a recipe whose __init__ takes its PROPERTIES as "
+                        "keywords") from None

@@ -1,12 +1,22 @@
 """Executors: where nodes run. All share one scheduler (`scheduler.py`)."""
 from .base import Executor, Worker
-from .process import ProcessExecutor
+from .process import ProcessExecutor, interactive
 from .serial import SerialExecutor
 
 
+_session_executor = None
+
+
 def default_executor():
-    """What `Experiment.run()` uses when given none: every core or GPU."""
-    return ProcessExecutor()
+    """What `Experiment.run()` uses when given none: every core or GPU. In a
+    notebook or REPL it is one executor for the session, whose workers stay
+    between runs (closed after their idle timeout or at exit)."""
+    global _session_executor
+    if not interactive():
+        return ProcessExecutor()
+    if _session_executor is None:
+        _session_executor = ProcessExecutor(keep_alive=True)
+    return _session_executor
 
 
 def __getattr__(name):

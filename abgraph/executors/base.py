@@ -22,6 +22,8 @@ class Executor:
 
     The run loop asks `idle()` for free workers, gives each a task with
     `submit(worker, task)`, and waits in `collect()` for finished records.
+    A task is run with `task.execute`, which handles states only through the
+    public payload API (`abgraph.payloads`).
     """
 
     collect_blocks = True  # collect() may wait: the run loop stores finished records first
@@ -42,6 +44,10 @@ class Executor:
     def running(self) -> dict:
         """node id -> worker name, for the progress display."""
         return {}
+
+    def end_run(self) -> None:
+        """The run is over: stop the workers, unless this executor keeps them for the next run."""
+        self.close()
 
     def close(self, cancel: bool = False) -> None:
         """Stop workers; `cancel` stops running tasks (Ctrl-C)."""

@@ -3,6 +3,9 @@
 `plan` decides what must run; `next_ready` picks what a free worker does next
 (preferring a child of a state the worker holds, so chains stay in memory);
 `finish` records an outcome, releasing children or blocking descendants.
+`gate` holds a node until other nodes have settled (whatever their outcome),
+so an early-stopping rule can compare a rung of every trial before the next
+rung starts; `stop` drops pending nodes and everything below them.
 """
 from __future__ import annotations
 
@@ -25,7 +28,10 @@ class SchedulerState:
     executed: list = field(default_factory=list)
     failed: list = field(default_factory=list)
     blocked: list = field(default_factory=list)
+    stopped: list = field(default_factory=list)
     undispatched_children: dict = field(default_factory=dict)
+    gates: dict = field(default_factory=dict)     # node -> nodes that must settle before it starts
+    gated_by: dict = field(default_factory=dict)  # node -> nodes gated on it
 
 
 def plan(nodes, stored_status, stored_results) -> SchedulerState:
@@ -61,6 +67,47 @@ def _push(state: SchedulerState, node_ids) -> None:
     for node_id in reversed(node_ids):
         del state.waiting[node_id]
         state.ready.append(node_id)
+
+
+def is_pending(state: SchedulerState, node_id) -> bool:
+    """Planned to run and not started yet."""
+    return node_id in state.waiting or node_id in state.ready
+
+
+def is_settled(state: SchedulerState, node_id) -> bool:
+    """Nothing more will happen to it in this run (done, failed, blocked, stopped, or not planned)."""
+    return not is_pending(state, node_id) and node_id not in state.running
+
+
+def gate(state: SchedulerState, node_id, until) -> None:
+    """Hold the pending `node_id` until every node of `until` has settled."""
+    if not is_pending(state, node_id):
+        return
+    holding = {other for other in until if not is_settled(state, other)}
+    if not holding:
+        return
+    if node_id in state.ready:  # its parents are stored: it waits on the gate alone
+        state.ready.remove(node_id)
+        state.waiting[node_id] = set()
+    gates = state.gates.setdefault(node_id, set())
+    for other in holding - gates:
+        state.gated_by.setdefault(other, []).append(node_id)
+    gates |= holding
+
+
+def _can_start(state: SchedulerState, node_id) -> bool:
+    return not state.waiting.get(node_id) and not state.gates.get(node_id)
+
+
+def _settle(state: SchedulerState, node_ids) -> list:
+    """Open the gates `node_ids` held; return the nodes that became ready."""
+    opened = []
+    for node_id in node_ids:
+        for gated in state.gated_by.pop(node_id, ()):
+            state.gates[gated].discard(node_id)
+            if gated in state.waiting and _can_start(state, gated):
+                opened.append(gated)
+    return opened
 
 
 def next_ready(state: SchedulerState, held=(), only_held=False):
@@ -106,20 +153,40 @@ def finish(state: SchedulerState, node_id, ok: bool) -> list:
             pending = state.waiting.get(child)
             if pending is not None:
                 pending.discard(node_id)
-                if not pending:
+                if _can_start(state, child):
                     newly_ready.append(child)
-        _push(state, newly_ready)
+        _push(state, dict.fromkeys(newly_ready + _settle(state, [node_id])))
         return []
     state.failed.append(node_id)
-    blocked, frontier = [], list(state.dependents.get(node_id, ()))
-    while frontier:
-        child = frontier.pop()
-        if child in state.waiting:
-            del state.waiting[child]
-            blocked.append(child)
-            frontier.extend(state.dependents.get(child, ()))
+    blocked = _remove_below(state, state.dependents.get(node_id, ()))
     state.blocked.extend(blocked)
+    _push(state, _settle(state, [node_id] + blocked))
     return blocked
+
+
+def stop(state: SchedulerState, node_ids) -> list:
+    """Drop the pending nodes of `node_ids` and every pending node below them
+    (an early-stopping rule's losers); return what was dropped."""
+    stopped = _remove_below(state, [n for n in node_ids if is_pending(state, n)])
+    state.stopped.extend(stopped)
+    _push(state, _settle(state, stopped))
+    return stopped
+
+
+def _remove_below(state: SchedulerState, node_ids) -> list:
+    """Take `node_ids` and their pending descendants out of the plan, in order."""
+    removed, frontier = [], list(node_ids)
+    while frontier:
+        node_id = frontier.pop()
+        if node_id in state.waiting:
+            del state.waiting[node_id]
+        elif node_id in state.ready:
+            state.ready.remove(node_id)
+        else:
+            continue
+        removed.append(node_id)
+        frontier.extend(state.dependents.get(node_id, ()))
+    return removed
 
 
 def is_finished(state: SchedulerState) -> bool:

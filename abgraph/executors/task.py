@@ -12,10 +12,10 @@ import traceback
 from collections import OrderedDict
 from dataclasses import dataclass, field
 
+from .. import payloads
 from ..device import using_device
 from ..identity import canonical
 from ..state import ExperimentState
-from ..store import payload as payload_io
 from ..store import NodeRecord
 from .scheduler import COMPUTE
 
@@ -72,7 +72,7 @@ class StateCache:
             self._states.move_to_end(node_id)
             return state
         self.loads += 1
-        return state_class._create(properties)._load(digest, objects, verify=True)  # never build on a damaged payload
+        return payloads.load(state_class, properties, digest, objects)
 
 
 _ENVIRONMENT: dict = {}
@@ -112,7 +112,7 @@ def execute(task: Task, objects, cache: StateCache, device="cpu", reraise=False)
                 state = cache.get(task.node_id, task.payload, task.state_class, task.properties, objects)
                 record.payload = task.payload
             for probe in task.probes:
-                view, _ = state._fork()
+                view, _ = payloads.fork(state)
                 view.metrics = dict(state.metrics)
                 record.results[probe.name] = _jsonable(probe.fn(view), probe.name)
                 record.result_versions[probe.name] = probe.version
@@ -133,18 +133,18 @@ def execute(task: Task, objects, cache: StateCache, device="cpu", reraise=False)
 
 def _compute(task: Task, objects, cache: StateCache, record: NodeRecord):
     if task.recipe is None:
-        state = task.state_class._create(task.properties)
+        state = payloads.new(task.state_class, task.properties)
         state.initialize_state(**task.properties)
         known = {}
     else:
         inputs = [cache.get(p, d, task.state_class, task.properties, objects)
                   for p, d in zip(task.parents, task.parent_payloads)]
-        others = [other._fork()[0] for other in inputs[1:]]
+        others = [payloads.fork(other)[0] for other in inputs[1:]]
         first = task.parents[0]
         if first not in cache or first in task.release:
-            state, known = inputs[0]._take()  # no one else will use this parent object
+            state, known = payloads.take(inputs[0])  # no one else will use this parent object
         else:
-            state, known = inputs[0]._fork()
+            state, known = payloads.fork(inputs[0])
         produced = task.recipe.run(state, *others)
         if not isinstance(produced, ExperimentState):
             raise RecipeResultError(
@@ -157,7 +157,7 @@ def _compute(task: Task, objects, cache: StateCache, record: NodeRecord):
                     "itself; change the state run() was given and return it (abgraph makes states)")
             known = {}
         state = produced
-    record.payload, record.blobs, state._ab_snapshot = payload_io.dump(state._payload(), objects, known)
+    record.payload, record.blobs = payloads.dump(state, objects, known)
     record.metrics = _jsonable(dict(state.metrics), "state.metrics")
     return state
 

@@ -1,0 +1,113 @@
+#!/usr/bin/env python
+"""Successive halving against the full grid on the optimizer study (issue 15, "Measure" a).
+
+    python benchmarks/bench_halving.py            # seed 0, the example's 21 settings, 70 epochs
+    python benchmarks/bench_halving.py --seed 1
+
+The study of `examples/optimizer_study.py` (SGD, SGD+momentum and Adam, each at
+7 learning rates: 21 settings, 70 epochs of `Train` then `Evaluate`) is run
+twice in fresh folders with the default executor: as the full grid, and as
+`abgraph.sweep.halving` with rungs (5, 15, 70) epochs keeping the best third by
+test F1 after each rung (21 -> 7 -> 3 settings). Targets: halving names the
+same best setting as the full grid, with at most 0.4x its training epochs and
+0.4x its wall time. Halving runs twice: chained (each rung continues the
+previous one with a fresh optimizer, so a chain of rungs is close to, not the
+same as, one 70-epoch run) and `from_root=True` (each rung trains from the
+root, so the last rung is the full grid's own node). One seed per run (the example averages 3): halving ranks
+the settings of one training run each. "others" is the CPU that processes
+outside this benchmark used meanwhile (the machine may be shared).
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "examples"))
+
+import abgraph as dg  # noqa: E402
+from abgraph.recipes import Evaluate, Train  # noqa: E402
+from abgraph.sweep import grid, halving  # noqa: E402
+from machine_load import Meter  # noqa: E402
+from optimizer_study import BATCH_SIZE, EPOCHS, LRS, OPTIMIZERS, circle_data, mlp  # noqa: E402
+
+RUNGS = (5, 15, EPOCHS)
+KEEP = 1 / 3
+TARGET_RATIO = 0.4
+METRICS = ("f1_binary", "accuracy", "loss")
+
+
+def trials(seed):
+    """The example's 21 (optimizer, learning rate) settings, tagged as the example tags them."""
+    settings = []
+    for name, optimizer in OPTIMIZERS.items():
+        for tags, train in grid(Train, lr=LRS, epochs=EPOCHS, batch_size=BATCH_SIZE, loss="mse", seed=seed,
+                                **optimizer):
+            settings.append(((f"optimizer:{name}", *tags), train))
+    return settings
+
+
+def evaluate():
+    return Evaluate(metrics=METRICS, criterion="mse")
+
+
+def full_grid(exp, root, seed):
+    leaves = []
+    for tags, train in trials(seed):
+        with exp.tag(*tags):
+            leaves.append(evaluate()(train(root)))
+    return leaves
+
+
+def halving_sweep(exp, root, seed, from_root=False):
+    return halving(root, trials(seed), evaluate=evaluate(), rungs=RUNGS, keep=KEEP, metric="f1_binary",
+                   from_root=from_root)
+
+
+def measure(build, seed):
+    with tempfile.TemporaryDirectory() as folder:
+        exp = dg.Experiment(Path(folder) / "exp", state_class=dg.TorchState)
+        root = exp.spawn_new_tree(model_fn=mlp, data_fn=circle_data, seed=seed)
+        leaves = build(exp, root, seed)
+        with Meter() as meter:
+            report = exp.run()
+        assert not report.failed and not report.blocked, report
+        epochs = sum(exp._nodes[n].recipe.epochs for n in report.executed
+                     if isinstance(exp._nodes[n].recipe, Train))
+        graph = exp.graph
+        finished = [graph.node(leaf.id) for leaf in leaves if graph.node(leaf.id).status == "done"]
+        ranked = sorted(finished, key=lambda node: -node.metrics["f1_binary"])
+        top = [(" ".join(t for t in node.tags if not t.startswith("rung:")), node.metrics["f1_binary"])
+               for node in ranked[:3]]
+        return dict(seconds=meter.seconds, others=meter.others, epochs=epochs, best=top[0][0],
+                    top=top, report=report)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    parser.add_argument("--seed", type=int, default=0)
+    seed = parser.parse_args().seed
+    full = measure(full_grid, seed)
+    halved = measure(halving_sweep, seed)
+    rooted = measure(lambda exp, root, seed: halving_sweep(exp, root, seed, from_root=True), seed)
+    print(f"{'full grid':36} {full['epochs']:5} epochs {full['seconds']:6.1f} s "
+          f"(others {full['others']:.2f} cores)  [{full['report']}]")
+    print(f"{'':36} best F1: {', '.join(f'{s} {f1:.3f}' for s, f1 in full['top'])}")
+    passed = True
+    for label, run in ((f"halving {RUNGS}, keep 1/3 (chained)", halved),
+                       (f"halving {RUNGS}, keep 1/3, from_root", rooted)):
+        ratios = run["epochs"] / full["epochs"], run["seconds"] / full["seconds"]
+        same = run["best"] == full["best"]
+        ok = same and max(ratios) <= TARGET_RATIO
+        passed &= ok
+        print(f"{label:36} {run['epochs']:5} epochs {run['seconds']:6.1f} s "
+              f"(others {run['others']:.2f} cores)  [{run['report']}]")
+        print(f"{'':36} best F1: {', '.join(f'{s} {f1:.3f}' for s, f1 in run['top'])}")
+        print(f"{'':36} epochs {ratios[0]:.3f}x, wall time {ratios[1]:.3f}x the full grid (target <= "
+              f"{TARGET_RATIO}); best setting {'the same' if same else 'DIFFERENT'}  {'PASS' if ok else 'FAIL'}")
+    return 0 if passed else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())
