@@ -3,30 +3,45 @@
 An experiment is a DAG of states (a model plus its data) joined by recipes;
 every node is identified by how it was made, computed once, stored, and can be
 restored, queried and drawn later.
+
+Names that need torch (recipes, executors, `TorchState`, the ablation API) are
+imported when first used, so browsing a stored experiment (the `abgraph`
+command) starts without loading torch.
 """
 __version__ = "0.1.0"
 
+import importlib
+
 from .device import current_device
-from .executors import Executor, ProcessExecutor, SerialExecutor
 from .experiment import Experiment
 from .graph import ExperimentGraph, NodeSet
-from .recipes import Evaluate, MakePermanent, Prune, Recipe, Reinit, Rewind, Train, function
-from .report import RunReport
+from .report import RunFailed, RunReport
 from .state import ExperimentState, StatePromise
-from .torch_state import TorchState
 
+_LAZY = {
+    "Executor": ".executors", "ProcessExecutor": ".executors", "SerialExecutor": ".executors",
+    "RayExecutor": ".executors.ray",   # Ray is an optional extra
+    "Recipe": ".recipes", "function": ".recipes", "Evaluate": ".recipes", "MakePermanent": ".recipes",
+    "Prune": ".recipes", "Reinit": ".recipes", "Rewind": ".recipes", "Train": ".recipes",
+    "TorchState": ".torch_state",
+    "AblationStudy": ".ablation", "AblateLayer": ".ablation", "AblateFeature": ".ablation",
+}
 
 
 def __getattr__(name):
-    if name == "RayExecutor":  # Ray is an optional extra: import it only when asked for
-        from .executors.ray import RayExecutor
-        return RayExecutor
-    if name in ("AblationStudy", "AblateLayer", "AblateFeature"):
-        from . import ablation
-        return getattr(ablation, name)
-    raise AttributeError(f"module 'abgraph' has no attribute {name!r}")
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'abgraph' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module, __name__), name)
+    globals()[name] = value
+    return value
 
 
-__all__ = ["AblateFeature", "AblateLayer", "AblationStudy", "RayExecutor", "Evaluate", "MakePermanent", "Prune", "Reinit", "Rewind", "Train", "TorchState",
-           "Experiment", "ExperimentGraph", "ExperimentState", "Executor", "NodeSet", "ProcessExecutor", "Recipe",
-           "RunReport", "SerialExecutor", "StatePromise", "current_device", "function"]
+def __dir__():
+    return sorted(set(globals()) | set(_LAZY))
+
+
+__all__ = ["AblateFeature", "AblateLayer", "AblationStudy", "RayExecutor", "Evaluate", "MakePermanent", "Prune",
+           "Reinit", "Rewind", "Train", "TorchState", "Experiment", "ExperimentGraph", "ExperimentState",
+           "Executor", "NodeSet", "ProcessExecutor", "Recipe", "RunFailed", "RunReport", "SerialExecutor",
+           "StatePromise", "current_device", "function"]

@@ -5,13 +5,12 @@ import contextlib
 import contextvars
 import os
 
-import torch
-
 _device: contextvars.ContextVar = contextvars.ContextVar("abgraph_device", default="cpu")
 
 
-def current_device() -> torch.device:
-    """Where a recipe should put its tensors (`cpu` outside a run)."""
+def current_device():
+    """Where a recipe should put its tensors (`cpu` outside a run), a `torch.device`."""
+    import torch   # not at import time: the `abgraph` command never needs torch
     return torch.device(_device.get())
 
 

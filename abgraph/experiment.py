@@ -4,11 +4,12 @@ from __future__ import annotations
 import contextlib
 import difflib
 import fcntl
-import sys
+import functools
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from . import identity, stopping
+from . import identity
 from .graph import ExperimentGraph
 from .state import ExperimentState, StatePromise
 from .store import FANOUT, OBJECTS_NAME, SCHEMA_VERSION, DamagedIndex, Index, maintenance, open_store
@@ -29,6 +30,37 @@ class PlannedNode:
     @property
     def recipe_name(self) -> str:
         return self.recipe_record[0].rsplit(".", 1)[-1]
+
+
+class TagScope:
+    """What `Experiment.tag` returns: a `with` block or a decorator. Left unused
+    (`exp.tag("x")` on its own line) it warns, since it would tag nothing."""
+
+    def __init__(self, experiment, tags: tuple):
+        self.experiment, self.tags, self.used = experiment, tags, False
+
+    def __enter__(self):
+        self.used = True
+        self.experiment._tags.extend(self.tags)
+        return self.experiment
+
+    def __exit__(self, *exc_info):
+        active = self.experiment._tags
+        del active[len(active) - len(self.tags):]
+
+    def __call__(self, function):
+        self.used = True
+
+        @functools.wraps(function)
+        def tagged(*args, **kwargs):
+            with TagScope(self.experiment, self.tags):
+                return function(*args, **kwargs)
+        return tagged
+
+    def __del__(self):
+        if not self.used:
+            warnings.warn(f"exp.tag({', '.join(map(repr, self.tags))}) tagged nothing: use it as "
+                          "`with exp.tag(...):` or as a decorator `@exp.tag(...)`", stacklevel=2)
 
 
 class Experiment:
@@ -60,20 +92,16 @@ class Experiment:
         self._graph = None
 
     # -- building ----------------------------------------------------------------
-    @contextlib.contextmanager
-    def tag(self, *tags):
-        """Label every node created inside the block (blocks nest)."""
+    def tag(self, *tags) -> "TagScope":
+        """Label every node created inside `with exp.tag(...):` (blocks nest), or
+        by a function decorated with `@exp.tag(...)`."""
         for tag in tags:
             if not isinstance(tag, str) or not tag:
                 raise TypeError(f"a tag is a non-empty string, not {tag!r}")
             if not tag.isprintable():
                 raise ValueError(f"tag {tag!r} holds a control character or a lone surrogate; "
                                  "a tag is printable text (it is shown in terminals and drawings)")
-        self._tags.extend(tags)
-        try:
-            yield self
-        finally:
-            del self._tags[len(self._tags) - len(tags):]
+        return TagScope(self, tags)
 
     def spawn_new_tree(self, **properties) -> StatePromise:
         """The root of a tree: `state_class.initialize_state(**properties)` builds it."""
@@ -124,14 +152,19 @@ class Experiment:
         self._nodes[node_id].probes[probe.name] = probe
 
     # -- running -----------------------------------------------------------------
-    def run(self, executor=None, progress=None, early_stopping: bool = True):
+    def run(self, executor=None, progress=None, early_stopping: bool = True, raise_on_failure: bool = True):
         """Run every node not yet stored; return a `RunReport`.
 
         `executor` defaults to a `ProcessExecutor` using every core or GPU (kept
         between runs in a notebook or REPL); `progress` (None: only on a
         terminal) shows a progress line; `early_stopping=False` ignores the
         sweep's stopping rules, so stopped branches resume from their last rung.
+        A run that leaves failed, blocked or unrun nodes prints a summary to
+        stderr and, once everything is stored, raises `RunFailed` (its `.report`
+        is the report) unless `raise_on_failure=False`.
         """
+        # the run machinery imports torch: not needed to build or browse a graph
+        from . import stopping
         from .executors import default_executor
         from .run import RunLoop
         rules = stopping.rules_for_run(self, early_stopping)
@@ -139,9 +172,8 @@ class Experiment:
             maintenance.damaged_nodes(self.index, self.objects, self._nodes)  # the loop recomputes them
             report = RunLoop(self, executor or default_executor(), progress, rules).run()
         self._graph = None
-        if report.interrupted:
-            print(f"abgraph: run interrupted; {report}", file=sys.stderr)
-        return report
+        report.directory = str(self.directory)
+        return report.raise_for_failures(raise_on_failure)
 
     def _add_stopping_rule(self, rule) -> None:
         self._stopping_rules[rule.key] = rule

@@ -3,8 +3,11 @@ from __future__ import annotations
 
 import difflib
 import fnmatch
+import warnings
 from functools import cached_property
 
+from .bulk import collector_paused
+from .diff import measurements
 from .identity import canonical, readable
 from .state import ExperimentState
 from .store import DamagedIndex
@@ -14,12 +17,22 @@ class NodeSet(list):
     """A list of nodes with queries that return NodeSets again."""
 
     def filter(self, pattern: str) -> "NodeSet":
-        """Nodes with a tag matching the fnmatch `pattern`; `!pattern` negates."""
-        negate = pattern.startswith("!")
-        pattern = pattern[1:] if negate else pattern
-        tags = {t for node in self for t in node._ab_record.tags}
-        matching = set(fnmatch.filter(tags, pattern))
-        return NodeSet(n for n in self if negate != bool(matching.intersection(n._ab_record.tags)))
+        """Nodes whose tags match `pattern`: an fnmatch glob (`amount:0.*`), `!glob`
+        for nodes with no such tag, `a & b` for both, `a | b` for either (`&` binds
+        tighter: `method:l1 & amount:0.5 | dense`). A glob no tag matches warns,
+        naming the nearest tags (a typo would otherwise look like an empty result)."""
+        alternatives = parse_tag_pattern(pattern)
+        if not self:
+            return NodeSet()
+        graph = self[0]._ab_graph
+        for glob in {glob for alternative in alternatives for _, glob in alternative}:
+            if not fnmatch.filter(graph._tag_index, glob):
+                warnings.warn(_no_tag_matches(glob, graph._tag_index), stacklevel=2)
+        ids = graph.tagged(alternatives)
+        if self is graph.nodes:  # the whole experiment: pick the matches, in the graph's order
+            by_id = graph._by_id
+            return NodeSet([by_id[i] for i in by_id if i in ids])
+        return NodeSet(n for n in self if n.id in ids)
 
     def where(self, **conditions) -> "NodeSet":
         """Nodes whose state properties (or recipe properties) equal the given values;
@@ -93,37 +106,51 @@ class NodeSet(list):
     def to_dataframe(self):
         """One row per node: id, parents, depth, recipe, its properties, tags, metrics,
         function results flattened as `name.key`, status, duration."""
+        with collector_paused():
+            return self._dataframe()
+
+    def _dataframe(self):
         import pandas
         measured = {name for node in self for name in node._ab_record.metrics}
         measured |= {name.split(".")[0] for node in self for name in node._ab_record.results}
+        depths = self[0]._ab_graph.depths() if self else {}
+        settings: dict = {}  # a sweep's nodes share their property dicts: convert each pair once
         rows = []
         for node in self:
             record = node._ab_record
-            row = {"id": record.id, "parents": list(record.parents),
-                   "depth": node._ab_graph.depth(record.id),
+            row = {"id": record.id, "parents": list(record.parents), "depth": depths[record.id],
                    "recipe": record.recipe.rsplit(".", 1)[-1]}
-            row.update({k: readable(v) for k, v in record.properties.items()})
-            for name, value in record.recipe_properties.items():
-                clash = name in record.properties or name in measured
-                row[f"recipe.{name}" if clash else name] = readable(value)
+            key = (id(record.properties), id(record.recipe_properties))
+            columns = settings.get(key)
+            if columns is None:
+                columns = settings[key] = _property_columns(record, measured)
+            row.update(columns)
             row["tags"] = list(record.tags)
-            row.update(record.metrics)
-            for name, value in record.results.items():
-                row.update(_flatten(name, value))
+            row.update(measurements(record))
             row["status"], row["duration"] = record.status, record.duration
             rows.append(row)
         return pandas.DataFrame(rows)
 
     def draw(self, filename=None, format="pdf", label=None, color_by=None, metrics=None,
-             direction="TB"):
+             direction=None, collapse="seed"):
         """Draw these nodes (and the edges between them) with graphviz: to
         `filename.format` (pdf, svg, png), or return the graphviz object (shown
         inline in a notebook). `label(node)` replaces the default label;
-        `color_by` colors nodes by a metric; `metrics` are printed in the labels;
-        `direction="LR"` lays a wide study out left to right."""
+        `color_by` colors nodes by a metric; `metrics` are printed in the labels
+        (mean ± CI on a collapsed box); `direction` "TB" or "LR" (None: whichever
+        fits an A3 page); `collapse`: replicas differing only in this property or
+        tag (`seed`, `seed:N`) are drawn as one box, None draws every node."""
         from .drawing import draw
         return draw(self, filename=filename, format=format, label=label, color_by=color_by,
-                    metrics=metrics, direction=direction)
+                    metrics=metrics, direction=direction, collapse=collapse)
+
+    def to_html(self, path, title=None):
+        """One self-contained HTML file to browse these nodes (no server, nothing
+        fetched): graph, node records, tag filter, table, metric plots, diffs.
+        Made from the index and the payloads' tensor lists: nothing is unpickled."""
+        from .html_report import write_report
+        objects = self[0]._ab_graph.objects if self else None
+        return write_report(self, path, title=title, objects=objects)
 
     def summarize(self, metric: str, by, confidence: float = 0.95):
         """n, mean, std and confidence interval of `metric` per group of nodes.
@@ -148,6 +175,45 @@ class NodeSet(list):
         by = [by] if isinstance(by, str) else list(by)
         summary = self.summarize(metric, by, confidence)
         return plot_summary(summary, metric, by, kind=kind, filename=filename, title=title, ax=ax)
+
+
+def parse_tag_pattern(pattern: str) -> list:
+    """`a & !b | c` -> [[(False, "a"), (True, "b")], [(False, "c")]]: alternatives
+    (`|`) of conjunctions (`&`) of globs, each maybe negated (`!`)."""
+    if not isinstance(pattern, str):
+        raise TypeError(f"a tag pattern is a string, not {pattern!r}")
+    alternatives = []
+    for alternative in pattern.split("|"):
+        terms = []
+        for term in alternative.split("&"):
+            term = term.strip()
+            negate = term.startswith("!")
+            glob = term[1:].strip() if negate else term
+            if not glob:
+                raise ValueError(f"tag pattern {pattern!r} has an empty term; write globs joined by "
+                                 "'&' (both) or '|' (either), each maybe prefixed by '!' (not), "
+                                 "e.g. 'method:l1 & !amount:0'")
+            terms.append((negate, glob))
+        alternatives.append(terms)
+    return alternatives
+
+
+def _property_columns(record, measured) -> dict:
+    """State and recipe properties as table columns; a recipe property whose name a
+    state property or a metric already uses becomes `recipe.name`."""
+    columns = {k: readable(v) for k, v in record.properties.items()}
+    for name, value in record.recipe_properties.items():
+        clash = name in record.properties or name in measured
+        columns[f"recipe.{name}" if clash else name] = readable(value)
+    return columns
+
+
+def _no_tag_matches(pattern, tags) -> str:
+    close = difflib.get_close_matches(pattern, sorted(tags), n=3, cutoff=0.5)
+    hint = (f"nearest: {', '.join(close)}" if close else
+            f"tags here: {', '.join(sorted(tags)[:10])}{', …' if len(tags) > 10 else ''}" if tags else
+            "no node here has a tag")
+    return f"no tag matches {pattern!r} ({hint})"
 
 
 def _encoded(value):
@@ -186,19 +252,14 @@ def _number(text):
     return text
 
 
-def _flatten(prefix, value) -> dict:
-    if isinstance(value, dict):
-        flat = {}
-        for key, inner in value.items():
-            flat.update(_flatten(f"{prefix}.{key}", inner))
-        return flat
-    return {prefix: value}
-
-
 class ExperimentGraph:
     """Every stored node of an experiment, slim until a node is restored."""
 
     def __init__(self, records, objects, state_class=ExperimentState):
+        with collector_paused():
+            self._build(records, objects, state_class)
+
+    def _build(self, records, objects, state_class):
         self.objects = objects
         self._by_id = {}
         self._children: dict[str, list] = {}
@@ -229,8 +290,47 @@ class ExperimentGraph:
         raise KeyError(f"node id prefix {id_or_prefix!r} is ambiguous: {len(matches)} nodes match "
                        f"({shown}{', …' if len(matches) > 5 else ''}); give more characters")
 
+    @cached_property
+    def _tag_index(self) -> dict:
+        """tag -> ids of the nodes carrying it: a filter matches tags, not nodes."""
+        index: dict = {}
+        for node_id, node in self._by_id.items():
+            for tag in node._ab_record.tags:
+                index.setdefault(tag, []).append(node_id)
+        return index
+
+    def tagged(self, pattern) -> set:
+        """Ids of the nodes whose tags match a `NodeSet.filter` pattern (or its parse)."""
+        matched = set()
+        for alternative in parse_tag_pattern(pattern) if isinstance(pattern, str) else pattern:
+            ids = None
+            for negate, glob in sorted(alternative):  # what to keep first, then what to drop
+                found = set()
+                for tag in fnmatch.filter(self._tag_index, glob):
+                    found.update(self._tag_index[tag])
+                if negate:
+                    ids = (self._by_id.keys() if ids is None else ids) - found
+                else:
+                    ids = found if ids is None else ids & found
+            matched |= ids
+        return matched
+
     def children_of(self, node_id) -> NodeSet:
         return NodeSet(self._by_id[c] for c in self._children.get(node_id, ()) if c in self._by_id)
+
+    def depths(self) -> dict:
+        """Every node's depth, in one pass over the records in the order they were
+        written (parents first, as a run writes them)."""
+        depths = self._depth
+        if len(depths) < len(self._by_id):
+            for node_id, node in self._by_id.items():
+                if node_id not in depths:
+                    parents = node._ab_record.parents
+                    if all(p in depths for p in parents):
+                        depths[node_id] = 1 + max((depths[p] for p in parents), default=-1)
+                    else:  # a parent written later, or not in this graph
+                        self.depth(node_id)
+        return depths
 
     def depth(self, node_id) -> int:
         """Longest distance from a root (the level Dagger draws)."""
@@ -283,13 +383,17 @@ class ExperimentGraph:
         return self.nodes.to_dataframe()
 
     def draw(self, filename=None, format="pdf", label=None, color_by=None, metrics=None,
-             direction="TB"):
+             direction=None, collapse="seed"):
         """Render the graph with graphviz; see `NodeSet.draw` to draw a part of it."""
-        return self.nodes.draw(filename, format, label, color_by, metrics, direction)
+        return self.nodes.draw(filename, format=format, label=label, color_by=color_by, metrics=metrics,
+                               direction=direction, collapse=collapse)
+
+    def to_html(self, path, title=None):
+        """The whole experiment as a self-contained HTML report; see `NodeSet.to_html`."""
+        return self.nodes.to_html(path, title=title)
 
     def _repr_svg_(self):
-        from .drawing import to_dot
-        return to_dot(self.nodes)._repr_image_svg_xml()
+        return self.draw()._repr_image_svg_xml()
 
     def __len__(self):
         return len(self._by_id)

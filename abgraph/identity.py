@@ -112,6 +112,9 @@ def readable(value):
             return {k: readable(v) for k, v in inner.items()}
         if kind in ("float", "path", "callable"):
             return float(inner) if kind == "float" else inner
+    if isinstance(value, dict) and set(value) == {"dataclass", "fields"}:   # as it would print
+        fields = ", ".join(f"{k}={readable(v)!r}" for k, v in value["fields"].items())
+        return f"{value['dataclass'].rsplit('.', 1)[-1]}({fields})"
     if isinstance(value, list):
         return [readable(v) for v in value]
     return value

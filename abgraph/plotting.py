@@ -48,7 +48,7 @@ def plot_summary(summary, metric: str, by: list, kind: str = "point", filename=N
             ax.set_xticks(range(len(x_values)), [str(v) for v in x_values],
                           rotation=30 if len(x_values) > 4 else 0, ha="right" if len(x_values) > 4 else "center")
         ax.set_xlabel(x_name)
-        ax.set_ylabel(f"{metric} (mean, 95% CI)")
+        ax.set_ylabel(f"{metric}\n(mean, 95% {_interval_name(summary)})")
         if title:
             ax.set_title(title)
         if hue_names:
@@ -65,6 +65,12 @@ def save(figure, filename) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     figure.savefig(path, dpi=200)
     return path
+
+
+def _interval_name(summary) -> str:
+    """The bars' interval, as `stats.summarize` names it per row ("t", "t, clipped to [0, 1]")."""
+    clipped = {n.partition(", ")[2] for n in summary.get("interval", ()) if ", " in n}
+    return "t CI" + (f", {clipped.pop()}" if len(clipped) == 1 else "")
 
 
 def _as_tuple(key):

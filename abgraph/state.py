@@ -4,7 +4,6 @@ from __future__ import annotations
 import contextlib
 
 from .identity import readable
-from .store import payload as payload_io
 
 
 class ExperimentState:
@@ -54,6 +53,7 @@ class ExperimentState:
 
     def _load(self, digest, objects, verify=False):
         """Fill the payload from the store (unpickles: trusts the experiment's author)."""
+        from .store import payload as payload_io   # torch: imported once a payload is needed
         payload, self._ab_snapshot = payload_io.load(digest, objects, verify)
         self.__dict__.update(payload)
         return self
@@ -65,6 +65,7 @@ class ExperimentState:
 
     def _fork(self):
         """A private copy for a child, and what it shares with its parent's saved tensors."""
+        from .store import payload as payload_io
         payload, known = payload_io.clone(self._payload(), self._ab_snapshot)
         return self._child(payload), known
 
@@ -72,6 +73,7 @@ class ExperimentState:
         """The child takes this state's objects (no copy of the model): for a parent
         no other node will read. Only the tensors are copied, to tell afterwards
         which ones the recipe changed."""
+        from .store import payload as payload_io
         child = self._child(self._payload())
         known = payload_io.references(self._ab_snapshot) if self._ab_snapshot else {}
         self.deflate()
@@ -124,6 +126,15 @@ class ExperimentState:
     @property
     def children(self):
         return self._ab_graph.children_of(self.id)
+
+    def diff(self, other):
+        """What differs between this node and `other`: common ancestor, recipes and
+        code versions on each side, tags, metrics, and which tensors changed (read
+        from the store without unpickling). `print()` it, or `.to_dict()`."""
+        from .diff import diff
+        self._record()
+        other._record()
+        return diff(self, other)
 
     @property
     def is_restored(self) -> bool:

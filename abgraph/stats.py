@@ -4,6 +4,10 @@ Ablation studies usually have a handful of seeds per configuration, so every
 interval here uses the t distribution rather than a normal approximation, and
 every function degrades to NaN on degenerate input (one seed, identical
 values) instead of raising: a half-finished sweep should still summarize.
+Fewer than three values give no interval: from two seeds a t interval is
+mostly noise. A metric bounded in [0, 1] (accuracy, F1, precision, recall,
+sparsity, ...; see `bounds_of`) gets its interval clipped to [0, 1], and every
+summary says which interval it shows (`Summary.interval`).
 
 All functions are pure: they take plain sequences or a DataFrame and return
 new objects.
@@ -12,16 +16,24 @@ new objects.
 from __future__ import annotations
 
 import math
+import re
+import sys
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
-import pandas as pd
 from scipy import special
 from scipy import stats as _st
 
+if TYPE_CHECKING:
+    import pandas as pd
+
 __all__ = [
+    "BOUNDED_WORDS",
+    "MIN_INTERVAL_N",
     "Summary",
+    "bounds_of",
     "Comparison",
     "describe",
     "welch",
@@ -30,13 +42,18 @@ __all__ = [
 ]
 
 _NAN = float("nan")
+MIN_INTERVAL_N = 3
+# a metric whose name has one of these words (split on "_", "." and "-") lives in [0, 1]
+BOUNDED_WORDS = frozenset({"accuracy", "acc", "f1", "precision", "recall", "sparsity", "auc", "iou",
+                           "dice", "jaccard", "density"})
 
 
 @dataclass(frozen=True)
 class Summary:
     """Location and spread of one group of values.
 
-    ``ci_low``/``ci_high`` bound the mean at the requested confidence.
+    ``ci_low``/``ci_high`` bound the mean at the requested confidence;
+    ``interval`` says how ("t", "t, clipped to [0, 1]", or "none (n < 3)").
     """
 
     n: int
@@ -44,6 +61,7 @@ class Summary:
     std: float
     ci_low: float
     ci_high: float
+    interval: str = "t"
 
 
 @dataclass(frozen=True)
@@ -69,14 +87,18 @@ class Comparison:
 def _floats(values: Iterable[float]) -> np.ndarray:
     """Values as a 1-D float array, with None and pd.NA turned into NaN.
 
-    Goes through pandas so nullable columns of a node table (``Float64``,
-    ``object`` with ``None``) behave like any other missing value.
+    Nullable columns of a node table (``Float64``, ``object`` with ``None``)
+    behave like any other missing value. Plain sequences need no pandas (the
+    `abgraph draw` command averages replicas without loading it): a value can
+    only be ``pd.NA`` if pandas is already imported.
     """
     if isinstance(values, np.ndarray):
         return values.astype(float, copy=False).ravel()
-    if not isinstance(values, (pd.Series, pd.Index)):
-        values = pd.Series(list(values), dtype=object)
-    return values.to_numpy(dtype=float, na_value=np.nan).ravel()
+    if hasattr(values, "to_numpy"):   # a pandas Series or Index
+        return values.to_numpy(dtype=float, na_value=np.nan).ravel()
+    pandas = sys.modules.get("pandas")
+    missing = (None,) if pandas is None else (None, pandas.NA)
+    return np.array([np.nan if any(v is m for m in missing) else v for v in values], dtype=float).ravel()
 
 
 def _finite(values: Iterable[float]) -> np.ndarray:
@@ -96,26 +118,49 @@ def _check_confidence(confidence: float) -> float:
     return confidence
 
 
-def describe(values: Iterable[float], confidence: float = 0.95) -> Summary:
+def bounds_of(metric: str, values: Iterable[float] = ()) -> tuple[float, float] | None:
+    """(0, 1) for a metric whose name says it is a proportion (`BOUNDED_WORDS`:
+    ``accuracy``, ``eval.f1_macro``, ``per_class_accuracy``...) and whose values
+    all lie in [0, 1]; else None. A value outside [0, 1] (accuracy in percent)
+    means the name misleads, so nothing is clipped."""
+    words = set(re.split(r"[._\-\s]+", str(metric).lower()))
+    if not words & BOUNDED_WORDS:
+        return None
+    x = _finite(values)
+    return (0.0, 1.0) if np.all((x >= 0.0) & (x <= 1.0)) else None
+
+
+def describe(values: Iterable[float], confidence: float = 0.95,
+             bounds: tuple[float, float] | None = None) -> Summary:
     """Mean, sample std (ddof=1) and a t-based confidence interval for the mean.
 
     The t distribution is used because seed counts are small (3-10), where a
     normal interval would be noticeably too narrow.  Non-finite values are
     dropped and ``n`` counts only the values used.  With ``n == 1`` the mean
     is returned but std and interval are NaN (no spread can be estimated);
-    with ``n == 0`` everything but ``n`` is NaN.
+    with ``n == 2`` the std is given but no interval (its t quantile is 12.7:
+    the interval would say nothing); with ``n == 0`` everything but ``n`` is
+    NaN.  ``bounds`` (e.g. ``(0, 1)`` for an accuracy) clips the interval to
+    the values the metric can take, and ``interval`` says so.
     """
     confidence = _check_confidence(confidence)
     x = _finite(values)
     n = int(x.size)
+    none = f"none (n < {MIN_INTERVAL_N})"
     if n == 0:
-        return Summary(0, _NAN, _NAN, _NAN, _NAN)
+        return Summary(0, _NAN, _NAN, _NAN, _NAN, none)
     mean = float(np.mean(x))
     if n == 1:
-        return Summary(1, mean, _NAN, _NAN, _NAN)
+        return Summary(1, mean, _NAN, _NAN, _NAN, none)
     std = float(np.std(x, ddof=1))
+    if n < MIN_INTERVAL_N:
+        return Summary(n, mean, std, _NAN, _NAN, none)
     half = float(_st.t.ppf(0.5 + confidence / 2.0, n - 1)) * std / math.sqrt(n)
-    return Summary(n, mean, std, mean - half, mean + half)
+    low, high = mean - half, mean + half
+    if bounds is None:
+        return Summary(n, mean, std, low, high, "t")
+    low, high = max(low, float(bounds[0])), min(high, float(bounds[1]))
+    return Summary(n, mean, std, low, high, f"t, clipped to [{bounds[0]:g}, {bounds[1]:g}]")
 
 
 def _hedges_correction(dof: float) -> float:
@@ -203,11 +248,13 @@ def summarize(
     metric: str,
     by: str | Sequence[str],
     confidence: float = 0.95,
+    bounds: tuple[float, float] | None | str = "auto",
 ) -> pd.DataFrame:
     """Per-group :func:`describe` of ``metric``, best mean first.
 
-    Returns columns ``*by, n, mean, std, ci_low, ci_high`` with a fresh
-    0-based index.  Rows are sorted by mean descending (NaN means last; ties
+    Returns columns ``*by, n, mean, std, ci_low, ci_high, interval`` with a
+    fresh 0-based index; ``interval`` names the interval shown (``bounds``:
+    "auto" clips a proportion's interval to [0, 1], see :func:`bounds_of`).  Rows are sorted by mean descending (NaN means last; ties
     keep first-appearance order) because the usual question is "which
     configuration won".  Groups whose key is missing (NaN/None) are kept, as
     a node lacking a property is information, not noise.  ``by`` may be a
@@ -216,6 +263,7 @@ def summarize(
     ``ValueError`` listing the available columns, since the caller is usually
     guessing a property name.
     """
+    import pandas as pd   # only here: describing values needs no DataFrame
     confidence = _check_confidence(confidence)
     by_cols = [by] if isinstance(by, str) else list(by)
     available = [str(c) for c in df.columns]
@@ -226,10 +274,12 @@ def summarize(
                 + (", ".join(available) if available else "(none)")
             )
 
-    stat_cols = ["n", "mean", "std", "ci_low", "ci_high"]
+    if bounds == "auto":
+        bounds = bounds_of(metric, df[metric])
+    stat_cols = ["n", "mean", "std", "ci_low", "ci_high", "interval"]
     rows: list[dict] = []
     if not by_cols:
-        s = describe(df[metric], confidence)
+        s = describe(df[metric], confidence, bounds)
         rows.append(asdict(s))
     else:
         grouped = df.groupby(by_cols, sort=False, dropna=False)[metric]
@@ -237,7 +287,7 @@ def summarize(
             if not isinstance(key, tuple):
                 key = (key,)
             row = dict(zip(by_cols, key))
-            row.update(asdict(describe(values, confidence)))
+            row.update(asdict(describe(values, confidence, bounds)))
             rows.append(row)
 
     out = pd.DataFrame(rows, columns=[*by_cols, *stat_cols])

@@ -64,7 +64,7 @@ def per_class_table(evaluations, label):
     rows = []
     matrix = [n.metrics["per_class_accuracy"] for n in evaluations]
     for digit in range(len(matrix[0])):
-        summary = stats.describe([m[digit] for m in matrix])
+        summary = stats.describe([m[digit] for m in matrix], bounds=(0, 1))   # a proportion
         rows.append({"class": digit, "setting": label, "mean": summary.mean,
                      "ci_low": summary.ci_low, "ci_high": summary.ci_high})
     return pd.DataFrame(rows)
@@ -100,7 +100,7 @@ def main(folder):
     per_class.to_csv(folder / "per_class_accuracy.csv", index=False)
     per_class["accuracy (95% CI)"] = [f"{m:.3f} [{lo:.3f}, {hi:.3f}]" for m, lo, hi in
                                       zip(per_class["mean"], per_class["ci_low"], per_class["ci_high"])]
-    print("\nPer-class accuracy over seeds, dense vs 95% L1-pruned (mean [95% CI]):")
+    print("\nPer-class accuracy over seeds, dense vs 95% L1-pruned (mean [95% t CI, clipped to [0, 1]]):")
     print(per_class.pivot(index="class", columns="setting", values="accuracy (95% CI)").to_string())
 
     tuned.plot("accuracy", by=["method", "amount"], filename=folder / "accuracy.pdf",

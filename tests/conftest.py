@@ -137,7 +137,7 @@ def main(directory):
     extend(exp, nodes)
     result = {"ids": {name: promise.id for name, promise in nodes.items()}}
     if not os.environ.get("ABGRAPH_TEST_BUILD_ONLY"):
-        report = exp.run(executor=abgraph.SerialExecutor())
+        report = exp.run(executor=abgraph.SerialExecutor(), raise_on_failure=False)
         result.update(executed=report.executed, cached=report.cached, failed=report.failed,
                       blocked=report.blocked, calls=dict(CALLS))
     print("RESULT " + json.dumps(result))
@@ -299,3 +299,36 @@ def study(study_script):
     sys.modules[name] = module
     spec.loader.exec_module(module)
     return module
+
+
+# The study again, with Prune's code edited (random instead of L1: same properties,
+# new code) and a recipe that fails, run into a copy of the study's folder: both
+# Prune versions and a failed node side by side.
+EDITED_PRUNE = ("        for name in sorted(self.layers):\n"
+                "            prune.l1_unstructured(", "        torch.manual_seed(1)\n"
+                "        for name in sorted(self.layers):\n            prune.random_unstructured(")
+EXPLODE = r'''
+
+class Explode(abgraph.Recipe):
+    def run(self, state):
+        raise ValueError("exploded on purpose")
+
+
+def extend(exp, nodes):
+    with exp.tag("broken"):
+        nodes["explode"] = Explode()(nodes["train:0.05"])
+'''
+
+
+@pytest.fixture(scope="session")
+def edited_study(study_run, tmp_path_factory):
+    """The study's folder plus a run of the edited study: `ids` are the study's nodes,
+    `edited` the edited run's (new Prune nodes, and `explode`, which failed)."""
+    base = tmp_path_factory.mktemp("edited")
+    directory = copy_experiment(study_run.directory, base / "experiment")
+    assert STUDY_BODY.count(EDITED_PRUNE[0]) == 1
+    script = base / "study.py"
+    script.write_text(STUDY_BODY.replace(*EDITED_PRUNE) + EXPLODE + STUDY_MAIN)
+    result = run_script(script, directory)
+    assert result["failed"] == [result["ids"]["explode"]]
+    return SimpleNamespace(directory=directory, ids=study_run.ids, edited=result["ids"])

@@ -88,7 +88,7 @@ def cli(study_run, tmp_path_factory):
         "ls_pruned": ["ls", experiment, "--filter", "pruned"],
         "ls_two_filters": ["ls", experiment, "--filter", "lr:0.5", "--filter", "!pruned"],
         "ls_leaves": ["ls", experiment, "--leaves"],
-        "show": ["show", experiment, ids["prune:0.5"][:10]],
+        "show": ["show", experiment, ids["prune:0.5"][:10], "--json"],
         "report": ["report", experiment],
         "show_unknown": ["show", experiment, "zzzz"],
         "draw": ["draw", experiment, "-o", out / "graph.svg"],
@@ -114,7 +114,9 @@ def lines(text):
 
 
 def listed_ids(stdout):
-    return sorted(line.split()[0] for line in lines(stdout))
+    header, *rows = lines(stdout)
+    assert header.split()[0] == "id"
+    return sorted(line.split()[0] for line in rows)
 
 
 def short(ids, *names):
@@ -123,7 +125,7 @@ def short(ids, *names):
 
 def test_ls(cli):
     output = lines(ok(cli.run["ls"]))
-    assert len(output) == 5
+    assert len(output) == 1 + 5   # the header, then the nodes
     assert listed_ids(cli.run["ls"].stdout) == short(cli.ids, *cli.ids)
     pruned_line = next(line for line in output if line.startswith(cli.ids["prune:0.5"][:12]))
     assert "Prune" in pruned_line and "done" in pruned_line and "lr:0.5,pruned" in pruned_line

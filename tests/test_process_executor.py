@@ -314,7 +314,7 @@ FAILURES_SCRIPT = '''
         a = Sleep(seconds=0.05, k=k)(root)
         ok += [a.id, Sleep(seconds=0, k=k + 100)(a).id]
     ids["ok"] = ok
-    finish(exp.run(ab.ProcessExecutor(workers=2)), ids=ids)
+    finish(exp.run(ab.ProcessExecutor(workers=2), raise_on_failure=False), ids=ids)
 '''
 
 
@@ -435,7 +435,7 @@ def test_ctrl_c_stops_recipes_reports_and_rerun_finishes(tmp_path):
         quick = [Sleep(seconds=0, k=1)(root), Sleep(seconds=0, k=2)(root)]
         slow = [Sleep(seconds=60, k=3)(root), Sleep(seconds=60, k=4)(root)]
         after = Sleep(seconds=0, k=5)(slow[0])
-        finish(exp.run(ab.ProcessExecutor(workers=2), progress=False),
+        finish(exp.run(ab.ProcessExecutor(workers=2), progress=False, raise_on_failure=False),
                quick=[root.id] + [q.id for q in quick], rest=[s.id for s in slow] + [after.id])
     ''')
     directory = tmp_path / "exp"

@@ -144,7 +144,9 @@ def test_a_failing_recipe_blocks_only_its_descendants(study, tmp_path, failing):
     other_pruned = study.Prune(amount=0.5)(other)
     study.accuracy(other_pruned)
 
-    report = exp.run(executor=serial())
+    with pytest.raises(abgraph.RunFailed) as raised:   # after every other branch ran and was stored
+        exp.run(executor=serial())
+    report = raised.value.report
     assert not report.ok
     assert report.failed == [boom.id]
     assert sorted(report.blocked) == sorted([after.id, after_after.id])

@@ -8,7 +8,6 @@ configuration, average, total time), then the table.
 """
 from __future__ import annotations
 
-import json
 import math
 import textwrap
 
@@ -46,11 +45,12 @@ class StudyResult:
         done = self.runs[self.runs.status == "done"]
         values = {t["name"]: done.loc[done.trial == t["name"], "metric"].astype(float).tolist()
                   for t in self.trials}
+        self.bounds = stats.bounds_of(self.metric, done["metric"].astype(float))
         base = self.base_name
         rows = []
         for trial in self.trials:
             name = trial["name"]
-            summary = stats.describe(values[name], self.confidence)
+            summary = stats.describe(values[name], self.confidence, self.bounds)
             row = {"trial": name, "kind": trial["kind"], "removed": trial["removed"], "n": summary.n,
                    "failed": int(((self.runs.trial == name) & (self.runs.status != "done")).sum()),
                    "mean": summary.mean, "std": summary.std, "ci_low": summary.ci_low,
@@ -118,22 +118,22 @@ class StudyResult:
         return self.graph.node(match.iloc[0]["node"])
 
     # -- text ----------------------------------------------------------------------
-    def _excludes(self, name) -> str:
-        trial = next(t for t in self.trials if t["name"] == name)
-        return json.dumps(trial["excludes"])
+    def _removed(self, name) -> str:
+        return next(t["removed"] for t in self.trials if t["name"] == name)
 
     def summary(self) -> str:
         """Maggy's summary: best and worst configuration, average, total time."""
         lines = [f"------ {self.ablator} Results ------ "]
         best, worst = self.best, self.worst
+        number = _Numbers(self._table)
         if best is None:
             lines.append("no trial finished")
         else:
-            lines.append(f"BEST Config Excludes {self._excludes(best['trial'])} -- metric "
-                         f"{best['mean']} ({_seeds(best)})")
-            lines.append(f"WORST Config Excludes {self._excludes(worst['trial'])} -- metric "
-                         f"{worst['mean']} ({_seeds(worst)})")
-            lines.append(f"AVERAGE metric -- {self.average}")
+            lines.append(f"BEST Config Excludes {self._removed(best['trial'])} -- metric "
+                         f"{number(best['mean'])} ({_seeds(best)})")
+            lines.append(f"WORST Config Excludes {self._removed(worst['trial'])} -- metric "
+                         f"{number(worst['mean'])} ({_seeds(worst)})")
+            lines.append(f"AVERAGE metric -- {number(self.average)}")
         if self.elapsed is not None:
             seconds = int(round(self.elapsed))
             counts = ", ".join(f"{v} {k}" for k, v in self.counts.items() if v)
@@ -147,17 +147,23 @@ class StudyResult:
         header = ["trial", "n", "mean ± std", f"{self.confidence:.0%} CI", "diff to base [CI]",
                   "p (Holm)", "failed"]
         body = []
+        number = _Numbers(self._table)
         for row in self._table.itertuples():
             diff = ("—" if row.trial == self.base_name else
-                    f"{_num(row.diff, signed=True)} {_interval(row.diff_ci_low, row.diff_ci_high, True)}")
-            body.append([row.trial, str(row.n), _pm(row.mean, row.std), _interval(row.ci_low, row.ci_high),
-                         diff, _p(row.p_holm), str(row.failed) if row.failed else ""])
+                    f"{number(row.diff, signed=True)} "
+                    f"{number.interval(row.diff_ci_low, row.diff_ci_high, signed=True)}")
+            spread = "" if math.isnan(row.std) else f" ± {number(row.std)}"
+            body.append([row.trial, str(row.n), number(row.mean) + spread,
+                         number.interval(row.ci_low, row.ci_high), diff, _p(row.p_holm),
+                         str(row.failed) if row.failed else ""])
         widths = [max(len(r[i]) for r in [header] + body) for i in range(len(header))]
         text = ["  ".join(c.ljust(w) if i == 0 else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
                 for r in [header] + body]
         text.insert(1, "-" * len(text[0]))
         tested = int(self._table.p_value.notna().sum())
-        text.append(f"metric: {self.metric!r}, {better} is better; diff = trial − base, Welch "
+        clipped = "" if self.bounds is None else f", clipped to [{self.bounds[0]:g}, {self.bounds[1]:g}]"
+        text.append(f"metric: {self.metric!r}, {better} is better; CI: t interval over seeds{clipped}, "
+                    f"none under {stats.MIN_INTERVAL_N} seeds; diff = trial − base, Welch "
                     f"{self.confidence:.0%} CI; p Holm-corrected over the {tested} trial(s) with a p-value")
         failed = self.failed
         if len(failed):
@@ -240,22 +246,24 @@ def _last_line(error) -> str:
     return error.strip().splitlines()[-1]
 
 
-def _num(value, signed=False) -> str:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return "—"
-    return f"{value:+.4g}" if signed else f"{value:.4g}"
+class _Numbers:
+    """One format for every number on the metric's scale in a table: as many
+    decimals as give the largest mean 4 significant digits, so columns line up
+    and 0.9587 sits next to +0.0000, not next to 0.9587020476659139 or +0."""
 
+    def __init__(self, table: pd.DataFrame):
+        means = [abs(m) for m in table["mean"] if not math.isnan(m) and m != 0]
+        self.decimals = max(0, 3 - math.floor(math.log10(max(means)))) if means else 4
 
-def _pm(mean, std) -> str:
-    if math.isnan(mean):
-        return "—"
-    return _num(mean) + ("" if math.isnan(std) else f" ± {_num(std)}")
+    def __call__(self, value, signed=False) -> str:
+        if value is None or (isinstance(value, float) and math.isnan(value)):
+            return "—"
+        return f"{value:{'+' if signed else ''}.{self.decimals}f}"
 
-
-def _interval(low, high, signed=False) -> str:
-    if math.isnan(low) or math.isnan(high):
-        return "[—]"
-    return f"[{_num(low, signed)}, {_num(high, signed)}]"
+    def interval(self, low, high, signed=False) -> str:
+        if math.isnan(low) or math.isnan(high):
+            return "[—]"
+        return f"[{self(low, signed)}, {self(high, signed)}]"
 
 
 def _p(p) -> str:

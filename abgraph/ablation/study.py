@@ -494,7 +494,7 @@ class AblationStudy:
                             for name, by_seed in nodes.items()}}
         _write_record(self.directory, record)   # restorable even if the run is interrupted
         started = time.perf_counter()
-        report = experiment.run(executor=executor, progress=progress)
+        report = experiment.run(executor=executor, progress=progress, raise_on_failure=False)
         record.update(elapsed=time.perf_counter() - started, finished=time.time(),
                       counts={"executed": len(report.executed), "cached": len(report.cached),
                               "failed": len(report.failed), "blocked": len(report.blocked)})

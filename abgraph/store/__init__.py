@@ -1,7 +1,6 @@
 """Where nodes live: the SQLite index (slim records) and the object store (payload blobs)."""
 from .index import INDEX_NAME, SCHEMA_VERSION, DamagedIndex, Index, NodeRecord, NotAnExperiment
-from .objects import FANOUT, BlobError, DiskFull, FsspecObjectStore, ObjectStore, open_store
-from .payload import PayloadError
+from .objects import FANOUT, BlobError, DiskFull, FsspecObjectStore, ObjectStore, PayloadError, open_store
 
 OBJECTS_NAME = "objects"
 

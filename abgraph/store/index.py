@@ -15,6 +15,7 @@ import threading
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
+from ..bulk import collector_paused
 from .objects import DiskFull
 
 # 2: blobs in 16 folders (objects/a/bcdef...); 1: in 256 (objects/ab/cdef...), still read.
@@ -260,8 +261,14 @@ class Index:
         return versions
 
     def records(self, ids=None) -> list[NodeRecord]:
-        """All records (or those in `ids`), in the order they were written. A row
-        abgraph never writes (a crafted or damaged index) raises `DamagedIndex`."""
+        """All records (or those in `ids`), in the order they were written. Equal
+        JSON values (a sweep's repeated properties) are decoded once and shared:
+        records read back are for reading. A row abgraph never writes (a crafted
+        or damaged index) raises `DamagedIndex`."""
+        with collector_paused():
+            return self._read_records(ids)
+
+    def _read_records(self, ids) -> list[NodeRecord]:
         rows = self._query(f"SELECT {','.join(_NODE_COLUMNS)} FROM nodes ORDER BY seq")
         wanted = set(ids) if ids is not None else None
         parents: dict[str, list] = {}
@@ -276,14 +283,15 @@ class Index:
             results.setdefault(node, {})[name] = _loads(value, node, f"result {name!r}", self.path)
             versions.setdefault(node, {})[name] = version
         records = []
+        decoded: dict = {}  # JSON text -> value: a sweep repeats its properties and environment
         for row in rows:
             if wanted is not None and row[0] not in wanted:
                 continue
-            values = decode_row(row, self.path)
+            values = decode_row(row, self.path, decoded)
             node = values["id"]
-            record = NodeRecord(parents=parents.get(node, []), tags=tags.get(node, []),
-                                results=results.get(node, {}),
-                                result_versions=versions.get(node, {}), **values)
+            record = NodeRecord(node, parents.get(node, []), tags=tags.get(node, []),
+                                results=results.get(node, {}), result_versions=versions.get(node, {}))
+            record.__dict__.update(values)
             check_links(record, self.path)
             records.append(record)
         return records
@@ -305,11 +313,13 @@ def _loads(text, node, column, path):
                            "which is not JSON; `abgraph verify --repair` keeps what is intact") from None
 
 
-def decode_row(row, path) -> dict:
-    """A `nodes` row as NodeRecord fields, every column of the shape abgraph writes."""
+def decode_row(row, path, decoded=None) -> dict:
+    """A `nodes` row as NodeRecord fields, every column of the shape abgraph writes;
+    `decoded` (JSON text -> value) shares the values of equal texts."""
     from .objects import DIGEST
     values = dict(zip(_NODE_COLUMNS, row))
     node = values["id"]
+    decoded = {} if decoded is None else decoded
 
     def refuse(column, expected):
         return DamagedIndex(f"{path}: node {str(node)[:12]} has {column} = {str(values[column])[:60]!r}, "
@@ -318,7 +328,13 @@ def decode_row(row, path) -> dict:
     if not isinstance(node, str) or not node:
         raise refuse("id", "a node id")
     for column in _JSON_COLUMNS:
-        values[column] = _loads(values[column], node, column, path)
+        text = values[column]
+        value = decoded.get(text) if isinstance(text, str) else None
+        if value is None:
+            value = _loads(text, node, column, path)
+            if isinstance(text, str):
+                decoded[text] = value
+        values[column] = value
     for column in _DICT_COLUMNS:
         if not isinstance(values[column], dict):
             raise refuse(column, "a JSON object")

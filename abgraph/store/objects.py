@@ -24,6 +24,11 @@ class DiskFull(OSError):
         return self.args[1]
 
 
+class PayloadError(RuntimeError):
+    """A payload cannot be written or read back (here, so that browsing an
+    index never imports torch through the payload module)."""
+
+
 FANOUT = 1  # hex digits naming a blob's folder: 16 folders
 DIGEST = re.compile(r"[0-9a-f]{64}")
 MARKER_NAME = ".abgraph-objects"      # written by abgraph in every location it created

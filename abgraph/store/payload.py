@@ -15,11 +15,7 @@ import numpy
 import torch
 
 from .. import serialization
-from .objects import BlobError, ObjectStore, blob_digest
-
-
-class PayloadError(RuntimeError):
-    """A payload cannot be written or read back."""
+from .objects import BlobError, ObjectStore, PayloadError, blob_digest
 
 
 class Snapshot:
