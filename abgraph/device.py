@@ -29,6 +29,7 @@ def check_available(devices) -> None:
     of placement on a machine without those devices)."""
     if os.environ.get("ABGRAPH_UNCHECKED_DEVICES") == "1":
         return
+    import torch
     for device in devices:
         kind, _, index = str(device).partition(":")
         if kind == "cuda":

@@ -153,7 +153,7 @@ def _label(group: Group, by_id: dict, metrics, shown_names, over) -> str:
 def _wrapped(texts) -> list:
     """Label lines of at most WRAP characters, broken after a space, `_`, `.`, `=`
     or `,` where possible (`model_fn=` / `base_model_generator`), escaped (a
-    crafted tag's control characters as `\x..`: they cannot break the label)."""
+    crafted tag's control characters shown as escapes: they cannot break the label)."""
     lines = []
     for text in texts:
         text, line = printable(text), ""

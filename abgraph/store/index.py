@@ -12,6 +12,7 @@ import json
 import os
 import sqlite3
 import threading
+import time
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -125,7 +126,7 @@ class Index:
         try:
             if not self.readonly:
                 db.execute("PRAGMA busy_timeout=60000")
-                db.execute("PRAGMA journal_mode=WAL")
+                _set_wal(db)
                 db.execute("PRAGMA synchronous=NORMAL")
             db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
         except sqlite3.OperationalError as error:
@@ -303,6 +304,20 @@ class Index:
     def set_meta(self, key: str, value) -> None:
         with self._lock:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+
+def _set_wal(db, patience: float = 60.0) -> None:
+    """WAL mode; two processes creating one index at once may find it locked
+    (SQLite does not wait on a busy lock for a journal-mode change): retry."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
 
 
 def _loads(text, node, column, path):
