@@ -165,7 +165,7 @@ def cmd_gc(args):
     from .store.maintenance import collect_garbage
     experiment = _open(args.directory)
     if args.forget:
-        found = experiment.objects.forget(args.forget)
+        found = experiment.objects.forget_user(args.forget)
         print(f"{args.forget} {'forgotten' if found else 'was not listed'} "
               f"as a user of {experiment.objects.location}")
         return 0 if found else 1

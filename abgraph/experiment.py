@@ -12,7 +12,7 @@ from pathlib import Path
 from . import identity
 from .graph import ExperimentGraph
 from .state import ExperimentState, StatePromise
-from .store import FANOUT, OBJECTS_NAME, SCHEMA_VERSION, DamagedIndex, Index, maintenance, open_store
+from .store import FANOUT, OBJECTS_NAME, SCHEMA_VERSION, DamagedIndex, Index, ObjectStore, maintenance, open_store
 
 LOCK_NAME = ".abgraph.lock"
 
@@ -68,10 +68,11 @@ class Experiment:
     then `run()`; come back later with `Experiment.restore(folder)`.
 
     `objects` puts the payload blobs elsewhere than `directory/objects`: a folder
-    every machine of a cluster reaches, or an fsspec URL (``s3://bucket/exp``).
+    every machine of a cluster reaches, or an fsspec URL (``s3://bucket/exp``);
+    `storage_options` go to fsspec (endpoint, credentials) and are never stored.
     """
 
-    def __init__(self, directory, state_class=ExperimentState, objects=None):
+    def __init__(self, directory, state_class=ExperimentState, objects=None, storage_options=None):
         if not (isinstance(state_class, type) and issubclass(state_class, ExperimentState)):
             raise TypeError(f"state_class must be a subclass of abgraph.ExperimentState, "
                             f"not {state_class!r}")
@@ -84,7 +85,7 @@ class Experiment:
         self.directory.mkdir(parents=True, exist_ok=True)
         self.state_class = state_class
         self.index = Index(self.directory, create=True)
-        self.objects = _objects(self.index, self.directory, objects)
+        self.objects = _objects(self.index, self.directory, objects, storage_options)
         self.objects.claim(self.directory.resolve())
         self._nodes: dict[str, PlannedNode] = {}
         self._tags: list[str] = []
@@ -197,14 +198,14 @@ class Experiment:
         return self._graph
 
     @classmethod
-    def restore(cls, directory, state_class=None, slim: bool = True) -> "Experiment":
+    def restore(cls, directory, state_class=None, slim: bool = True, storage_options=None) -> "Experiment":
         """Open a stored experiment. Slim (the default) reads only the index and
         unpickles nothing; `slim=False` also loads every payload."""
         directory = Path(directory).expanduser()
         index = Index(directory)  # raises if this is not an experiment
         experiment = cls.__new__(cls)
         experiment.directory, experiment.index = directory, index
-        experiment.objects = _objects(index, directory, None, create=False)
+        experiment.objects = _objects(index, directory, None, storage_options, create=False)
         experiment._nodes, experiment._tags, experiment._graph = {}, [], None
         experiment._stopping_rules = {}
         # Without a state_class, nodes are generic ExperimentStates: importing the
@@ -220,7 +221,7 @@ class Experiment:
         return f"<Experiment {self.directory} ({len(self._nodes)} nodes built)>"
 
 
-def _objects(index: Index, directory: Path, location, create: bool = True):
+def _objects(index: Index, directory: Path, location, storage_options=None, create: bool = True):
     """The experiment's blobs: `directory/objects` unless the experiment was made
     with another location (a shared folder or an fsspec URL), kept in the index.
     Browsing (`create=False`) creates and changes nothing."""
@@ -229,10 +230,17 @@ def _objects(index: Index, directory: Path, location, create: bool = True):
         raise DamagedIndex(f"{index.path} names its objects location {str(recorded)[:60]!r}, not a path")
     if location is not None and recorded is not None and str(location) != recorded:
         raise ValueError(f"{directory} keeps its blobs in {recorded}, not {location}")
-    if location is not None and recorded is None:
-        index.set_meta("objects", str(location))
+    new_location = location is not None and recorded is None
     location = recorded or location
-    objects = open_store(location if location is not None else directory / OBJECTS_NAME, create)
+    if location is None:
+        if storage_options:
+            raise ValueError(f"storage_options are for blobs behind an fsspec URL (objects='s3://...'); "
+                             f"{directory} keeps its blobs in its own folder")
+        objects = ObjectStore(directory / OBJECTS_NAME, create)
+    else:
+        objects = open_store(location, storage_options, create)  # checked before it is recorded
+        if new_location:
+            index.set_meta("objects", str(location))
     if create and index.schema_version < SCHEMA_VERSION and objects.fanout == FANOUT:
         # no blob yet in an old experiment: it takes the new layout, which older abgraph must not write to
         index.set_meta("schema_version", SCHEMA_VERSION)

@@ -332,3 +332,35 @@ def edited_study(study_run, tmp_path_factory):
     result = run_script(script, directory)
     assert result["failed"] == [result["ids"]["explode"]]
     return SimpleNamespace(directory=directory, ids=study_run.ids, edited=result["ids"])
+
+
+@pytest.fixture(scope="module")
+def ray_cluster():
+    """A Ray head (no CPUs) and two worker nodes `w0`, `w1` (1 CPU and a custom
+    resource of their name each), started with `ray start`; stopped after the module."""
+    pytest.importorskip("ray")
+    from ray_cluster import LocalCluster
+    cluster = LocalCluster()
+    try:
+        cluster.add_worker("w0")
+        cluster.add_worker("w1")
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture(scope="session")
+def s3_server():
+    """moto's standalone S3 server on a free localhost port, checking credentials
+    (moto's IAM: after the first four requests, which make our user and its key,
+    every request must be signed with that key). Yields the environment a
+    process needs to use it (AWS_ENDPOINT_URL and the key); bucket `abgraph` exists."""
+    pytest.importorskip("s3fs")
+    pytest.importorskip("moto")
+    from s3_server import start_s3_server
+    server, environment = start_s3_server()
+    try:
+        yield environment
+    finally:
+        server.terminate()
+        server.wait(timeout=10)

@@ -226,7 +226,9 @@ class ProcessExecutor(Executor):
         """Start every worker now (they import torch in parallel while the run
         begins); kept workers of an earlier run switch to `objects` if it changed."""
         check_available({worker.device for worker in self.workers})
-        root, identity = objects.location, _store_identity(objects.location)
+        # storage_options (endpoint, credentials) travel to the workers, never to disk
+        root = (objects.location, getattr(objects, "storage_options", {}))
+        identity = _store_identity(objects.location)
         for worker in self.workers:
             if worker.exited():
                 worker.forget()

@@ -37,7 +37,7 @@ def serve(fd: int) -> int:
     torch.set_num_threads(settings["threads"])
     from ..store import open_store
     from .task import StateCache, execute
-    objects = open_store(settings["objects"])
+    objects = open_store(*settings["objects"])
     cache = StateCache(settings["cache_size"])
     try:
         connection.send_bytes(b"ready")
@@ -51,7 +51,7 @@ def serve(fd: int) -> int:
         except (EOFError, OSError):
             return 0  # the driver is gone or closed us
         if kind == "objects":  # a kept worker now serves another experiment
-            objects, cache = open_store(body), StateCache(settings["cache_size"])
+            objects, cache = open_store(*body), StateCache(settings["cache_size"])
             continue
         loads = cache.loads
         try:

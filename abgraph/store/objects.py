@@ -29,6 +29,14 @@ class PayloadError(RuntimeError):
     index never imports torch through the payload module)."""
 
 
+class BlobLocationError(ValueError):
+    """A remote location for blobs cannot be reached, read or written."""
+
+
+# fsspec protocols whose writes are whole-object PUTs
+OBJECT_STORE_PROTOCOLS = {"s3", "s3a", "gs", "gcs", "az", "abfs", "abfss"}
+
+
 FANOUT = 1  # hex digits naming a blob's folder: 16 folders
 DIGEST = re.compile(r"[0-9a-f]{64}")
 MARKER_NAME = ".abgraph-objects"      # written by abgraph in every location it created
@@ -97,6 +105,11 @@ class ObjectStore:
             self._write(digest, data)
         return digest
 
+    def forget(self) -> None:
+        """Check again before skipping a folder creation: a store kept open across
+        runs may have lost folders in between (`put` asks for each blob anyway)."""
+        self._folders.clear()
+
     def get(self, digest: str, size: int | None = None, verify: bool = False) -> bytearray:
         try:
             data = self._read(digest, size)
@@ -159,7 +172,7 @@ class ObjectStore:
                 found.append(data.decode(errors="replace"))
         return sorted(found)
 
-    def forget(self, experiment) -> bool:
+    def forget_user(self, experiment) -> bool:
         """Drop an experiment (deleted for good) from the users of this location."""
         return self._remove_file(f"{USERS_NAME}/{_user_key(str(experiment))}")
 
@@ -307,20 +320,62 @@ def _scan(folder: Path, directories: bool, prefix: str | None = None) -> list:
 class FsspecObjectStore(ObjectStore):
     """Blobs behind an fsspec URL (``s3://bucket/exp/objects``, ``gs://…``,
     ``file:///shared/…``), for clusters whose nodes share no filesystem.
-    Needs `fsspec` and the protocol's package (s3fs, gcsfs…)."""
+    Needs `fsspec` and the protocol's package (s3fs, gcsfs…).
 
-    def __init__(self, url: str, create: bool = True):
+    Endpoint and credentials come from `storage_options` (passed to fsspec) or
+    from the usual configuration (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``…,
+    fsspec's config). The location is checked here, by listing it and writing
+    a probe, so a wrong endpoint, a missing bucket or bad credentials fail when
+    the experiment is opened, not in the middle of a run.
+    """
+
+    def __init__(self, url: str, storage_options: dict | None = None, create: bool = True):
         try:
             import fsspec
         except ImportError as error:
             raise ImportError(f"{url}: remote object stores need fsspec (pip install fsspec)") from error
-        self.url = url
-        self.fs, root = fsspec.core.url_to_fs(url)
+        self.url, self.storage_options = url, dict(storage_options or {})
+        try:
+            self.fs, root = fsspec.core.url_to_fs(url, **self.storage_options)
+        except ImportError as error:
+            raise ImportError(f"{url}: {error} (for s3:// URLs: pip install 'abgraph[s3]')") from None
         self.root = root.rstrip("/")
-        if create:
-            self.fs.makedirs(self.root, exist_ok=True)
-        self.fanout = _fanout(self._top_names())
+        protocols = {self.fs.protocol} if isinstance(self.fs.protocol, str) else set(self.fs.protocol)
+        # an object store's PUT is atomic (a reader sees the whole object or none), and its
+        # "rename" is a copy: upload in place there; on filesystems, temporary name and rename
+        self.atomic_put = bool(protocols & OBJECT_STORE_PROTOCOLS)
+        # browsing (create=False) writes nothing, not even the probe
+        names = self._check_reachable() if create else self._top_names()
+        self.fanout = _fanout(names)
         self._folders = set()
+
+    def _check_reachable(self) -> list:
+        """List the location and write (then delete) a probe; return its names."""
+        try:
+            if self.atomic_put:
+                bucket = self.root.split("/", 1)[0]
+                try:
+                    self.fs.info(bucket)
+                except FileNotFoundError:
+                    raise FileNotFoundError(f"bucket {bucket!r} does not exist (create it first)") from None
+            else:
+                self.fs.makedirs(self.root, exist_ok=True)
+            try:
+                names = [key.rstrip("/").rsplit("/", 1)[-1] for key in self.fs.ls(self.root, detail=False)]
+            except FileNotFoundError:  # nothing stored yet (on S3, a prefix exists only while keys do)
+                names = []
+            probe = f"{self.root}/.tmp-probe-{uuid.uuid4().hex}"
+            self.fs.pipe_file(probe, b"abgraph")
+            self.fs.rm_file(probe)
+            return names
+        except Exception as error:
+            self.fs.invalidate_cache()
+            reason = f"{type(error).__name__}: {error}"
+            if isinstance(error, PermissionError) or "Forbidden" in reason or "AccessDenied" in reason:
+                reason += " (check the credentials: AWS_ACCESS_KEY_ID/AWS_SECRET_ACCESS_KEY or storage_options)"
+            elif not isinstance(error, FileNotFoundError):
+                reason += " (check the endpoint: AWS_ENDPOINT_URL or storage_options={'endpoint_url': ...})"
+            raise BlobLocationError(f"cannot keep blobs in {self.url}: {reason}") from error
 
     @property
     def location(self) -> str:
@@ -374,8 +429,11 @@ class FsspecObjectStore(ObjectStore):
                 self.fs.rm_file(key)
 
     def _write(self, digest: str, data) -> None:
-        """Upload under a temporary key, then move: object stores make the upload
-        atomic, the move makes it so on filesystems too."""
+        """Readers see the whole blob or none of it: object stores publish a PUT
+        only when it is complete; elsewhere, upload under a temporary key and move."""
+        if self.atomic_put:
+            self.fs.pipe_file(self.path(digest), bytes(data))
+            return
         folder = f"{self.root}/{self._folder(digest)}"
         if self._folder(digest) not in self._folders:
             self.fs.makedirs(folder, exist_ok=True)
@@ -414,8 +472,13 @@ class FsspecObjectStore(ObjectStore):
             return False
 
 
-def open_store(location, create: bool = True) -> ObjectStore:
-    """An object store from a folder path or an fsspec URL; `create=False` (browsing)
-    creates nothing."""
+def open_store(location, storage_options: dict | None = None, create: bool = True) -> ObjectStore:
+    """An object store from a folder path or an fsspec URL (with fsspec's
+    `storage_options`: endpoint, credentials…); `create=False` (browsing) creates
+    nothing."""
     location = str(location)
-    return FsspecObjectStore(location, create) if "://" in location else ObjectStore(location, create)
+    if "://" in location:
+        return FsspecObjectStore(location, storage_options, create)
+    if storage_options:
+        raise ValueError(f"storage_options are for fsspec URLs, and {location} is a folder")
+    return ObjectStore(location, create)
