@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import sqlite3
 import sys
 import warnings
 
@@ -38,13 +39,14 @@ def _selected(args):
 
 
 def cmd_ls(args):
+    from .identity import printable
     nodes = _selected(args)
     print(f"{'id':12}  {'status':7}  {'depth':>5}  {'recipe':18} tags")
     for node in nodes:
         record = node._ab_record
         name = record.recipe.rsplit(".", 1)[-1]
-        print(f"{record.id[:12]}  {record.status:7}  {node._ab_graph.depth(node.id):>5}  {name:18} "
-              f"{','.join(record.tags)}")
+        print(f"{printable(record.id[:12])}  {record.status:7}  {node._ab_graph.depth(node.id):>5}  "
+              f"{printable(name):18} {printable(','.join(record.tags))}")
     if not nodes:
         chosen = args.filter or args.status or args.leaves
         _say("ls", "no node matches" if chosen else "no node stored yet")
@@ -65,13 +67,13 @@ def _fields(record) -> dict:
 
 
 def _shown(value) -> str:
-    from .identity import readable
+    from .identity import printable, readable
     value = readable(value)
     if isinstance(value, float):
         return f"{value:.6g}"
     if isinstance(value, (list, tuple)):
         return "[" + ", ".join(map(_shown, value)) + "]"
-    return "—" if value is None else str(value)
+    return "—" if value is None else printable(value)
 
 
 def cmd_show(args):
@@ -90,7 +92,7 @@ def cmd_show(args):
             for key, inner in value.items():
                 print(f"  {key:{width - 2}}  {_shown(inner)}")
         else:
-            print(f"{name:{width}}  {', '.join(value) if isinstance(value, list) else _shown(value)}")
+            print(f"{name:{width}}  {_shown(', '.join(value)) if isinstance(value, list) else _shown(value)}")
     if error:
         print(f"\nerror:\n{error.rstrip()}")
 
@@ -107,10 +109,14 @@ def cmd_report(args):
     if args.html:
         return cmd_report_html(args)
     import pandas
+
+    from .identity import printable
     frame = _open(args.directory).graph.to_dataframe()
     fixed = {"id", "parents", "depth", "recipe", "tags", "status", "duration"}
     frame["id"] = frame["id"].str[:12]
     frame["tags"] = frame["tags"].map(",".join)
+    for column in frame.columns:  # stored text reaches the terminal as text, never as escapes
+        frame[column] = frame[column].map(lambda v: printable(v) if isinstance(v, str) else v)
     wanted = ["id", "recipe", "tags", "status"] + [c for c in frame.columns if c not in fixed]
     with pandas.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
         print(frame[wanted].to_string(index=False))
@@ -129,8 +135,19 @@ def cmd_diff(args):
 
 
 def cmd_verify(args):
-    from .store.maintenance import verify
+    from .store.maintenance import repair, verify
+    if args.repair:
+        fixed = repair(args.directory)
+        print(f"index rebuilt: {fixed.kept} node(s) kept; the old index is {fixed.backup}")
+        for what, why in fixed.lost.items():
+            print(f"lost {what}: {why}")
+        for node_id, digests in fixed.damaged.items():
+            print(f"node {node_id} kept as damaged ({len(digests)} blob(s) missing or corrupted): "
+                  "the next run recomputes it")
     experiment = _open(args.directory)
+    graph = experiment.graph  # every row well formed, the graph acyclic
+    for node in graph.nodes:
+        graph.depth(node.id)
     report = verify(experiment.index, experiment.objects)
     print(f"{report.blobs} blobs checked")
     for digest in report.corrupted:
@@ -147,8 +164,19 @@ def cmd_gc(args):
     from .experiment import LOCK_NAME
     from .store.maintenance import collect_garbage
     experiment = _open(args.directory)
-    deleted, freed = collect_garbage(experiment.directory, experiment.index, experiment.objects, LOCK_NAME)
-    print(f"deleted {deleted} unreferenced blob(s), {freed / 2**20:.1f} MiB freed")
+    if args.forget:
+        found = experiment.objects.forget_user(args.forget)
+        print(f"{args.forget} {'forgotten' if found else 'was not listed'} "
+              f"as a user of {experiment.objects.location}")
+        return 0 if found else 1
+    garbage, size = collect_garbage(experiment.directory, experiment.index, experiment.objects, LOCK_NAME,
+                                    dry_run=args.dry_run)
+    if args.dry_run:
+        for digest in garbage:
+            print(f"would delete {digest}")
+        print(f"{len(garbage)} unreferenced blob(s), {size / 2**20:.1f} MiB: run without --dry-run to delete")
+    else:
+        print(f"deleted {len(garbage)} unreferenced blob(s), {size / 2**20:.1f} MiB freed")
 
 
 def parser() -> argparse.ArgumentParser:
@@ -187,9 +215,14 @@ def parser() -> argparse.ArgumentParser:
     compare.set_defaults(run=cmd_diff)
     check = commands.add_parser("verify", help="re-hash every blob and check every record")
     check.add_argument("directory")
+    check.add_argument("--repair", action="store_true",
+                       help="rebuild a damaged index from its intact rows, listing what was lost")
     check.set_defaults(run=cmd_verify)
-    gc = commands.add_parser("gc", help="delete blobs no record references")
+    gc = commands.add_parser("gc", help="delete blobs no experiment using the location references")
     gc.add_argument("directory")
+    gc.add_argument("--dry-run", action="store_true", help="list what would be deleted, delete nothing")
+    gc.add_argument("--forget", metavar="EXPERIMENT",
+                    help="drop a deleted experiment from the users of the shared objects location")
     gc.set_defaults(run=cmd_gc)
     return main
 
@@ -201,7 +234,7 @@ def main(argv=None) -> int:
             warnings.simplefilter("always")
             warnings.showwarning = lambda message, *_, **__: _say(args.command, message)
             return args.run(args) or 0
-    except (KeyError, ValueError, RuntimeError, TypeError, OSError) as error:
+    except (KeyError, ValueError, RuntimeError, TypeError, OSError, sqlite3.Error) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         _say(args.command, message)
         return 2

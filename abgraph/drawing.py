@@ -16,7 +16,7 @@ import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .identity import readable
+from .identity import printable, readable
 
 FORMATS = ("pdf", "svg", "png")
 A3_INCHES = (11.7, 16.5)
@@ -129,7 +129,7 @@ def _label(group: Group, by_id: dict, metrics, shown_names, over) -> str:
     record = group.record
     name = record.recipe.rsplit(".", 1)[-1]
     shown = {k: v for k, v in _shown_values(record).items() if shown_names is None or k in shown_names}
-    lines = [f"<B>{html.escape(name)}</B>"]
+    lines = [f"<B>{html.escape(printable(name))}</B>"]
     lines += _wrapped(f"{k}={_short(readable(v))}" for k, v in shown.items())
     tags = _new_tags(group, by_id, shown, over)
     if tags:
@@ -146,16 +146,17 @@ def _label(group: Group, by_id: dict, metrics, shown_names, over) -> str:
                                        for s, n in sorted(counts.items())).upper() + "</B>")
     tail = record.id[:8] if len(group.members) == 1 else f"×{len(group.members)} · {record.id[:8]}"
     size = 10 if len(group.members) > 1 else 8
-    lines.append(f'<FONT POINT-SIZE="{size}" COLOR="#666666">{html.escape(tail)}</FONT>')
+    lines.append(f'<FONT POINT-SIZE="{size}" COLOR="#666666">{html.escape(printable(tail))}</FONT>')
     return "<" + "<BR/>".join(lines) + ">"
 
 
 def _wrapped(texts) -> list:
     """Label lines of at most WRAP characters, broken after a space, `_`, `.`, `=`
-    or `,` where possible (`model_fn=` / `base_model_generator`), escaped."""
+    or `,` where possible (`model_fn=` / `base_model_generator`), escaped (a
+    crafted tag's control characters shown as escapes: they cannot break the label)."""
     lines = []
     for text in texts:
-        line = ""
+        text, line = printable(text), ""
         for piece in re.findall(r"[^ _.=,]*[ _.=,]?", text):
             if line and len(line) + len(piece.rstrip()) > WRAP:
                 lines.append(line.rstrip())

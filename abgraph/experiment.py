@@ -13,7 +13,7 @@ from pathlib import Path
 from . import identity
 from .graph import ExperimentGraph
 from .state import ExperimentState, NodeFailedError, StatePromise, check_declarations
-from .store import FANOUT, OBJECTS_NAME, SCHEMA_VERSION, Index, ObjectStore, open_store
+from .store import FANOUT, OBJECTS_NAME, SCHEMA_VERSION, DamagedIndex, Index, ObjectStore, maintenance, open_store
 
 LOCK_NAME = ".abgraph.lock"
 
@@ -78,10 +78,14 @@ class Experiment:
     def __init__(self, directory, state_class=ExperimentState, objects=None, storage_options=None):
         _check_state_class(state_class)
         self.directory = Path(directory).expanduser()
+        if self.directory.exists() and not self.directory.is_dir():
+            raise NotADirectoryError(f"{self.directory} is a file, not a folder: an experiment is a "
+                                     "folder (give a new path, or the folder of an existing experiment)")
         self.directory.mkdir(parents=True, exist_ok=True)
         self.state_class = state_class
         self.index = Index(self.directory, create=True)
         self.objects = _objects(self.index, self.directory, objects, storage_options)
+        self.objects.claim(self.directory.resolve())
         self._start_building()
 
     def _start_building(self):
@@ -103,7 +107,7 @@ class Experiment:
         self.directory = Path(state["directory"])
         self.state_class = state["state_class"]
         self.index = Index(self.directory)
-        self.objects = _objects(self.index, self.directory, None, upgrade=False)
+        self.objects = _objects(self.index, self.directory, None, create=False)
         self._start_building()
         self._roots = list(state["roots"])
 
@@ -116,6 +120,9 @@ class Experiment:
         for tag in tags:
             if not isinstance(tag, str) or not tag:
                 raise TypeError(f"a tag is a non-empty string, not {tag!r}")
+            if not tag.isprintable():
+                raise ValueError(f"tag {tag!r} holds a control character or a lone surrogate; "
+                                 "a tag is printable text (it is shown in terminals and drawings)")
         return TagScope(self, tags)
 
     @property
@@ -292,6 +299,7 @@ class Experiment:
         rules = stopping.rules_for_run(self, early_stopping)
         self._warn_undeclared_changes(self.index.statuses())
         with self._run_lock():
+            maintenance.damaged_nodes(self.index, self.objects, self._nodes)  # the loop recomputes them
             report = RunLoop(self, executor or default_executor(), progress, rules).run()
         self._graph = None
         self._executed.update(report.executed)
@@ -351,7 +359,7 @@ class Experiment:
         index = Index(directory)  # raises if this is not an experiment
         experiment = cls.__new__(cls)
         experiment.directory, experiment.index = directory, index
-        experiment.objects = _objects(index, directory, None, storage_options)
+        experiment.objects = _objects(index, directory, None, storage_options, create=False)
         experiment._start_building()
         # Without a state_class, nodes are generic ExperimentStates: importing the
         # class the index names would run someone's code just to browse.
@@ -381,6 +389,8 @@ def _check_state_class(state_class) -> None:
     if not (isinstance(state_class, type) and issubclass(state_class, ExperimentState)):
         raise TypeError(f"state_class must be a subclass of abgraph.ExperimentState, "
                         f"not {state_class!r}")
+    for attribute in ("PROPERTIES", "NONHASHED_ATTRIBUTES"):
+        identity.declared_names(state_class, attribute)
     check_declarations(state_class)
 
 
@@ -390,11 +400,13 @@ def _accepts(function, name) -> bool:
                for p in parameters)
 
 
-def _objects(index: Index, directory: Path, location, storage_options=None, upgrade=True):
+def _objects(index: Index, directory: Path, location, storage_options=None, create: bool = True):
     """The experiment's blobs: `directory/objects` unless the experiment was made
     with another location (a shared folder or an fsspec URL), kept in the index.
-    Only the process that owns the experiment (`upgrade`) may write the index."""
+    Browsing (`create=False`) creates and changes nothing."""
     recorded = index.meta("objects")
+    if recorded is not None and not isinstance(recorded, str):
+        raise DamagedIndex(f"{index.path} names its objects location {str(recorded)[:60]!r}, not a path")
     if location is not None and recorded is not None and str(location) != recorded:
         raise ValueError(f"{directory} keeps its blobs in {recorded}, not {location}")
     new_location = location is not None and recorded is None
@@ -403,12 +415,12 @@ def _objects(index: Index, directory: Path, location, storage_options=None, upgr
         if storage_options:
             raise ValueError(f"storage_options are for blobs behind an fsspec URL (objects='s3://...'); "
                              f"{directory} keeps its blobs in its own folder")
-        objects = ObjectStore(directory / OBJECTS_NAME)
+        objects = ObjectStore(directory / OBJECTS_NAME, create)
     else:
-        objects = open_store(location, storage_options)  # checked before it is recorded
+        objects = open_store(location, storage_options, create)  # checked before it is recorded
         if new_location:
             index.set_meta("objects", str(location))
-    if upgrade and index.schema_version < SCHEMA_VERSION and objects.fanout == FANOUT:
+    if create and index.schema_version < SCHEMA_VERSION and objects.fanout == FANOUT:
         # no blob yet in an old experiment: it takes the new layout, which older abgraph must not write to
         index.set_meta("schema_version", SCHEMA_VERSION)
     return objects

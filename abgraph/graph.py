@@ -13,6 +13,7 @@ from .diff import measurements
 from .identity import canonical, readable
 from .report import last_line
 from .state import ExperimentState, failed_functions
+from .store import DamagedIndex
 
 
 class NodeSet(list):
@@ -367,15 +368,24 @@ class ExperimentGraph:
         """Longest distance from a root (the level Dagger draws)."""
         depth = self._depth.get(node_id)
         if depth is None:
-            stack = [node_id]
+            stack, visiting = [node_id], set()  # visiting: on the path being walked
             while stack:
                 current = stack[-1]
                 parents = [p for p in self._by_id[current]._ab_record.parents if p in self._by_id]
                 pending = [p for p in parents if p not in self._depth]
-                if pending:
+                if pending and current not in visiting:
+                    visiting.add(current)
+                    cycle = visiting.intersection(pending)
+                    if cycle:
+                        raise DamagedIndex(f"the stored graph has a cycle through node {min(cycle)[:12]}: "
+                                           "the index is damaged or crafted")
                     stack.extend(pending)
                     continue
+                if pending:  # reached again through another parent while its own are pending
+                    raise DamagedIndex(f"the stored graph has a cycle through node {current[:12]}: "
+                                       "the index is damaged or crafted")
                 stack.pop()
+                visiting.discard(current)
                 self._depth[current] = 1 + max((self._depth[p] for p in parents), default=-1)
             depth = self._depth[node_id]
         return depth

@@ -26,13 +26,21 @@ class UnsupportedValue(TypeError):
     """A property value that has no canonical encoding."""
 
 
-def canonical(value, where="value"):
+def canonical(value, where="value", _path=frozenset()):
     """Return a JSON-able structure that encodes `value` deterministically.
 
-    `where` names the property in errors, e.g. "TrainRecipe.lr".
+    `where` names the property in errors, e.g. "TrainRecipe.lr"; `_path` holds the
+    containers being encoded, so one that contains itself is refused, not recursed.
     """
     if value is None or isinstance(value, (bool, str)):
         return value
+    if isinstance(value, (list, tuple, set, frozenset, dict)):
+        if id(value) in _path:
+            raise UnsupportedValue(f"{where} contains itself (a recursive {type(value).__name__}), "
+                                   "which has no finite encoding")
+        _path = _path | {id(value)}
+    if type(value).__module__ == "numpy" and getattr(value, "shape", None) == () and value.dtype.kind in "biuf":
+        return canonical(value.item(), where)  # np.float32(0.5) is the property 0.5
     if isinstance(value, enum.Enum):
         return {"enum": _qualified_name(type(value)), "name": value.name}
     if isinstance(value, int):
@@ -40,17 +48,17 @@ def canonical(value, where="value"):
     if isinstance(value, float):
         return {"float": repr(value)} if not math.isfinite(value) else value
     if isinstance(value, (list, tuple)):
-        items = [canonical(v, f"{where}[{i}]") for i, v in enumerate(value)]
+        items = [canonical(v, f"{where}[{i}]", _path) for i, v in enumerate(value)]
         return items if isinstance(value, list) else {"tuple": items}
     if isinstance(value, (set, frozenset)):
-        items = [canonical(v, f"{where}{{}}") for v in value]
+        items = [canonical(v, f"{where}{{}}", _path) for v in value]
         return {"set": sorted(items, key=_sort_key)}
     if isinstance(value, dict):
         keys = list(value)
         if not all(isinstance(k, str) for k in keys):
             keys = sorted(keys, key=lambda k: _sort_key(canonical(k, where)))
-            return {"dict": [[canonical(k, where), canonical(value[k], f"{where}[{k!r}]")] for k in keys]}
-        return {"map": {k: canonical(value[k], f"{where}.{k}") for k in sorted(keys)}}
+            return {"dict": [[canonical(k, where), canonical(value[k], f"{where}[{k!r}]", _path)] for k in keys]}
+        return {"map": {k: canonical(value[k], f"{where}.{k}", _path) for k in sorted(keys)}}
     if isinstance(value, pathlib.PurePath):
         return {"path": value.as_posix()}
     if isinstance(value, functools.partial):
@@ -71,6 +79,27 @@ def canonical(value, where="value"):
         f"{where} = {value!r:.60} has type {type(value).__name__}, which has no canonical encoding; "
         "use None, bool, int, float, str, list, tuple, set, dict, enum, pathlib.Path, "
         "a named function or functools.partial, a dataclass, a tensor or a numpy array")
+
+
+def declared_names(cls, attribute: str) -> list:
+    """`cls.PROPERTIES` (or another list of attribute names), checked: a string
+    there would be read letter by letter."""
+    names = getattr(cls, attribute)
+    if isinstance(names, str) or not isinstance(names, (list, tuple)) or not all(
+            isinstance(name, str) and name.isidentifier() for name in names):
+        hint = f"; write {attribute} = [{names!r}]" if isinstance(names, str) else ""
+        raise TypeError(f"{cls.__name__}.{attribute} must be a list of attribute names, "
+                        f"not {names!r:.60}{hint}")
+    return list(names)
+
+
+def printable(text) -> str:
+    """Text from an index, safe for a terminal or a graphviz label: control
+    characters (terminal escapes, form feeds) and lone surrogates shown as escapes."""
+    text = str(text)
+    if text.isprintable():
+        return text
+    return "".join(c if c.isprintable() else ascii(c)[1:-1] for c in text)
 
 
 def readable(value):

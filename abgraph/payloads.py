@@ -13,8 +13,9 @@ from .store import payload as payload_io
 
 def load(state_class, properties: dict, digest: str, objects):
     """A state of `state_class` with `properties`, its payload read from `objects`
-    (unpickles: trusts the experiment's author)."""
-    return state_class._create(properties)._load(digest, objects)
+    (unpickles: trusts the experiment's author) and re-hashed: no recipe starts
+    from a payload that fails its check."""
+    return state_class._create(properties)._load(digest, objects, verify=True)
 
 
 def new(state_class, properties: dict):

@@ -84,7 +84,16 @@ class ExperimentState:
                 != identity.canonical(planned[name], f"{cls}.{name}")}
 
     def _payload(self) -> dict:
-        payload = {name: self.__dict__[name] for name in self._ab_attributes if name in self.__dict__}
+        """What is stored: the payload attributes, properties a recipe changed, and
+        hooks. Any other attribute would be lost without a word, so it is refused."""
+        kept = self._ab_attributes
+        lost = [name for name in self.__dict__ if name not in kept and name not in self._ab_properties
+                and name not in STATE_INTERNALS and not name.startswith("_ab_")]
+        if lost:
+            raise AttributeError(
+                f"{type(self).__name__} has attribute {lost[0]!r}, which is not in NONHASHED_ATTRIBUTES "
+                f"{list(kept)} and would not be stored; add it there (or delete it before returning)")
+        payload = {name: self.__dict__[name] for name in kept if name in self.__dict__}
         payload.update(self._changed_properties())
         for name in HOOKS:
             if self.__dict__.get(name):

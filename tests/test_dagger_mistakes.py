@@ -170,14 +170,11 @@ def test_declaring_a_framework_attribute_is_refused_when_the_class_is_used(tmp_p
         PROPERTIES = ["model"]
         NONHASHED_ATTRIBUTES = ["model"]
 
-    class RunProperty(dg.Recipe):
-        PROPERTIES = ["run"]
-
     for cls, word in [(Shadowing, "'status'"), (PayloadShadowing, "'tags'"), (Twice, "both")]:
         with pytest.raises(TypeError, match=word):
             dg.Experiment(tmp_path / cls.__name__, state_class=cls)
     with pytest.raises(TypeError, match="'status'"):
         Shadowing()
-    exp, root = experiment(tmp_path)
     with pytest.raises(TypeError, match=r"RunProperty.PROPERTIES names 'run'"):
-        RunProperty()(root)
+        class RunProperty(dg.Recipe):  # refused where the class is written, before any use
+            PROPERTIES = ["run"]

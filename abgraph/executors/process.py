@@ -13,6 +13,7 @@ import time
 from multiprocessing.connection import Connection, wait
 
 from .. import serialization
+from ..device import check_available
 from ..store import NodeRecord
 from .base import Executor, Worker
 from .task import StateCache, record_for
@@ -224,6 +225,7 @@ class ProcessExecutor(Executor):
     def open(self, objects) -> None:
         """Start every worker now (they import torch in parallel while the run
         begins); kept workers of an earlier run switch to `objects` if it changed."""
+        check_available({worker.device for worker in self.workers})
         # storage_options (endpoint, credentials) travel to the workers, never to disk
         root = (objects.location, getattr(objects, "storage_options", {}))
         identity = _store_identity(objects.location)

@@ -1,6 +1,7 @@
 """In-process execution, one node at a time: for debugging (pdb works in recipes)."""
 from __future__ import annotations
 
+from ..device import check_available
 from .base import Executor, Worker
 from .task import StateCache, execute
 
@@ -20,6 +21,7 @@ class SerialExecutor(Executor):
         self._worker = _InProcessWorker(self.cache, device)
 
     def open(self, objects) -> None:
+        check_available([self.device])
         self.objects = objects
 
     def idle(self) -> list:

@@ -99,7 +99,8 @@ def record_for(task: Task, **fields) -> NodeRecord:
                       properties=(task.encoded_properties if task.encoded_properties is not None
                                   else canonical(task.properties, cls.__name__)["map"]), tags=list(task.tags),
                       state_class=f"{cls.__module__}.{cls.__qualname__}",
-                      attributes=list(cls.NONHASHED_ATTRIBUTES), **fields)
+                      attributes=list(cls.NONHASHED_ATTRIBUTES), derived_from=list(task.parent_payloads),
+                      **fields)
 
 
 def execute(task: Task, objects, cache: StateCache, device="cpu", reraise=False) -> NodeRecord:
@@ -119,7 +120,7 @@ def execute(task: Task, objects, cache: StateCache, device="cpu", reraise=False)
         if task.keep:
             cache.put(task.node_id, state)
         record.status = "done"
-    except Exception as error:
+    except (Exception, SystemExit) as error:  # sys.exit() in a recipe fails its node, not the run
         record.status, record.error = "failed", traceback.format_exc()
         if reraise:
             record.finished, record.duration = time.time(), time.perf_counter() - clock
@@ -166,6 +167,10 @@ def _compute(task: Task, objects, cache: StateCache, record: NodeRecord):
                 f"{type(task.recipe).__name__}.run returned {type(produced).__name__}, not a state: "
                 "end run() with `return state`")
         if produced is not state:
+            if not any(produced is other for other in others):
+                raise RecipeResultError(
+                    f"{type(task.recipe).__name__}.run returned a {type(produced).__name__} it built "
+                    "itself; change the state run() was given and return it (abgraph makes states)")
             known = {}
         state = produced
         if fingerprint := undeclared_fingerprint(task.recipe):

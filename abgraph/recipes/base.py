@@ -30,6 +30,16 @@ class Recipe:
     REQUIRES: tuple = ()
     VERSION = None
 
+    def __init_subclass__(cls, **kwargs):
+        """A malformed PROPERTIES is refused where the class is written."""
+        super().__init_subclass__(**kwargs)
+        names = identity.declared_names(cls, "PROPERTIES")
+        taken = [name for name in names if hasattr(Recipe, name)]
+        if taken:
+            raise TypeError(f"{cls.__name__}.PROPERTIES names {taken[0]!r}, which every recipe already "
+                            f"has (its {'method' if callable(getattr(Recipe, taken[0])) else 'attribute'}); "
+                            "give the property another name")
+
     def __init__(self, *positional, **properties):
         if positional:
             raise TypeError(f"{type(self).__name__} takes its properties as keywords: "

@@ -1,18 +1,23 @@
 """The index: one SQLite file (WAL) with a slim record per node.
 
 Only the process that called `run()` writes it; workers hand records back. A
-record already `done` is never replaced by a later failure, so two runs racing on
-one directory cannot lose finished work.
+record already `done` is never replaced (by a failure, or by the other outcome of
+a nondeterministic recipe in a second run racing on the directory): a stored
+child always derives from its stored parent. Only a node found `damaged` is
+recomputed and replaced.
 """
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import threading
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from ..bulk import collector_paused
+from .objects import DiskFull
 
 # 2: blobs in 16 folders (objects/a/bcdef...); 1: in 256 (objects/ab/cdef...), still read.
 SCHEMA_VERSION = 2
@@ -48,6 +53,7 @@ class NodeRecord:
     result_versions: dict = field(default_factory=dict)
     environment: dict = field(default_factory=dict)
     seq: int = 0
+    derived_from: list = field(default_factory=list)  # parents' payloads it was computed from (not stored)
 
 
 _SCHEMA = """
@@ -79,22 +85,63 @@ def _dumps(value) -> str:
     return json.dumps(value, sort_keys=True, default=repr)
 
 
+class DamagedIndex(NotAnExperiment):
+    """The index can be opened but holds rows abgraph never writes."""
+
+
+STATUSES = ("done", "failed", "blocked", "damaged", "stopped")
+_DICT_COLUMNS = ("recipe_properties", "properties", "metrics", "environment")
+
+
 class Index:
+    """Opened read-only where the folder cannot be written (an archive, a read-only
+    mount): WAL mode would need to create its `-shm` file there."""
+
     def __init__(self, directory, create: bool = False):
         self.path = Path(directory) / INDEX_NAME
         if not create and not self.path.exists():
             raise NotAnExperiment(f"{directory} is not an abgraph experiment (no {INDEX_NAME} in it)")
         self._lock = threading.Lock()
-        self.db = sqlite3.connect(self.path, timeout=60, isolation_level=None,
-                                  check_same_thread=False)
+        self.readonly = not create and not (os.access(self.path, os.W_OK)
+                                            and os.access(self.path.parent, os.W_OK))
         try:
-            self.db.execute("PRAGMA busy_timeout=60000")
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")
-        except sqlite3.DatabaseError as error:
-            self.db.close()
-            raise NotAnExperiment(f"{self.path} is not an abgraph index: {error}") from None
+            self.db = self._connect()
+        except sqlite3.OperationalError as error:
+            if create or self.readonly or not ("readonly" in str(error) or "unable to open" in str(error)):
+                raise NotAnExperiment(f"{self.path} cannot be opened: {error}") from None
+            self.readonly = True  # e.g. root on a read-only mount
+            self.db = self._connect()
         self._check_schema(create)
+
+    def _connect(self):
+        if self.readonly:
+            wal = self.path.with_name(self.path.name + "-wal")
+            # writes not yet merged into the file need the WAL (and its -shm); without
+            # them the file is complete and immutable on this medium
+            mode = "mode=ro" if wal.exists() and wal.stat().st_size else "immutable=1"
+            db = sqlite3.connect(f"{self.path.absolute().as_uri()}?{mode}", uri=True,
+                                 isolation_level=None, check_same_thread=False)
+        else:
+            db = sqlite3.connect(self.path, timeout=60, isolation_level=None, check_same_thread=False)
+        try:
+            if not self.readonly:
+                db.execute("PRAGMA busy_timeout=60000")
+                _set_wal(db)
+                db.execute("PRAGMA synchronous=NORMAL")
+            db.execute("SELECT 1 FROM sqlite_master LIMIT 1").fetchall()
+        except sqlite3.OperationalError as error:
+            db.close()
+            if self.readonly and "unable to open" in str(error):
+                raise NotAnExperiment(
+                    f"{self.path} cannot be read on this read-only medium: its last writes are "
+                    "still in abgraph.sqlite-wal, which needs abgraph.sqlite-shm beside it; "
+                    "copy the folder somewhere writable") from None
+            raise
+        except sqlite3.DatabaseError as error:
+            db.close()
+            raise NotAnExperiment(f"{self.path} is not an abgraph index: {error}; "
+                                  "`abgraph verify --repair` rebuilds what it can") from None
+        return db
 
     def _check_schema(self, create: bool) -> None:
         try:
@@ -134,29 +181,53 @@ class Index:
         updates = ",".join(f"{c}=excluded.{c}" for c in _NODE_COLUMNS if c not in ("id", "seq"))
         upsert = (f"INSERT INTO nodes ({','.join(_NODE_COLUMNS)}) VALUES ({placeholders}) "
                   f"ON CONFLICT(id) DO UPDATE SET {updates} "
-                  "WHERE nodes.status != 'done' OR excluded.status = 'done'")
+                  "WHERE nodes.status != 'done'")
         with self._lock:
             self.db.execute("BEGIN IMMEDIATE")
             try:
                 seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM nodes").fetchone()[0]
                 for record in records:
+                    self.db.executemany("INSERT OR IGNORE INTO tags VALUES (?, ?)",
+                                        [(record.id, t) for t in record.tags])
                     if record.id not in results_only:
+                        record = self._from_stored_parents(record)
                         seq += 1
                         values = dict(vars(record), seq=seq)  # asdict() deep-copies: slow
                         row = [(_dumps(values[c]) if c in _JSON_COLUMNS else values[c]) for c in _NODE_COLUMNS]
-                        if self.db.execute(upsert, row).rowcount:
-                            self.db.executemany("INSERT OR REPLACE INTO edges VALUES (?, ?, ?)",
-                                                [(record.id, i, p) for i, p in enumerate(record.parents)])
-                    self.db.executemany("INSERT OR IGNORE INTO tags VALUES (?, ?)",
-                                        [(record.id, t) for t in record.tags])
+                        if not self.db.execute(upsert, row).rowcount:
+                            continue  # done already: its results belong to the stored payload
+                        self.db.executemany("INSERT OR REPLACE INTO edges VALUES (?, ?, ?)",
+                                            [(record.id, i, p) for i, p in enumerate(record.parents)])
                     self.db.executemany(
                         "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)",
                         [(record.id, name, record.result_versions.get(name, ""), _dumps(value))
                          for name, value in record.results.items()])
                 self.db.execute("COMMIT")
-            except BaseException:
-                self.db.execute("ROLLBACK")
+            except BaseException as error:
+                if self.db.in_transaction:  # SQLite rolls back by itself when the disk is full
+                    self.db.execute("ROLLBACK")
+                if isinstance(error, sqlite3.OperationalError) and "full" in str(error):
+                    raise DiskFull(f"disk full: {self._stored()} nodes stored in {self.path.parent}; "
+                                   "rerun when space is freed (stored nodes are kept)") from None
                 raise
+
+    def _from_stored_parents(self, record: NodeRecord) -> NodeRecord:
+        """A child computed from a parent payload that is not the stored one (two runs
+        of a nondeterministic recipe at once, the other stored first) is not stored
+        as done: the stored graph must show where each payload came from."""
+        if record.status != "done":
+            return record
+        for parent, used in zip(record.parents, record.derived_from):
+            row = self.db.execute("SELECT payload FROM nodes WHERE id=? AND status='done'", (parent,)).fetchone()
+            if used is not None and (row is None or row[0] != used):
+                return replace(record, status="failed", payload=None, blobs=[], results={}, error=(
+                    f"computed from payload {str(used)[:12]} of parent {parent}, but another run stored "
+                    "that parent first with another payload (a nondeterministic recipe run twice at "
+                    "once); rerun to compute it from the stored parent"))
+        return record
+
+    def _stored(self) -> int:
+        return self.db.execute("SELECT COUNT(*) FROM nodes WHERE status='done'").fetchone()[0]
 
     def add_tags(self, pairs) -> None:
         """Tags are labels, not identity: a cached node gains the tags of a new run."""
@@ -167,53 +238,62 @@ class Index:
     def statuses(self) -> dict[str, tuple[str, str | None]]:
         """id -> (status, payload digest), for planning."""
         return {row[0]: (row[1], row[2]) for row in
-                self.db.execute("SELECT id, status, payload FROM nodes")}
+                self._query("SELECT id, status, payload FROM nodes")}
+
+    def mark_damaged(self, reasons: dict) -> None:
+        """Done nodes whose blobs are missing or corrupted (id -> why): the next
+        run recomputes them and may replace their record."""
+        with self._lock:
+            self.db.executemany("UPDATE nodes SET status='damaged', error=? WHERE id=? AND status='done'",
+                                [(why, node_id) for node_id, why in reasons.items()])
+
+    def _query(self, sql, parameters=()):
+        """Rows of `sql`; a table a crafted or damaged index lacks is said as such."""
+        try:
+            return self.db.execute(sql, parameters).fetchall()
+        except sqlite3.DatabaseError as error:
+            raise DamagedIndex(f"{self.path} is damaged ({error}); "
+                               "`abgraph verify --repair` keeps what is intact") from None
 
     def result_versions(self) -> dict[str, dict[str, str]]:
         versions: dict[str, dict[str, str]] = {}
-        for node, name, version in self.db.execute("SELECT node, name, version FROM results"):
+        for node, name, version in self._query("SELECT node, name, version FROM results"):
             versions.setdefault(node, {})[name] = version
         return versions
 
     def records(self, ids=None) -> list[NodeRecord]:
         """All records (or those in `ids`), in the order they were written. Equal
         JSON values (a sweep's repeated properties) are decoded once and shared:
-        records read back are for reading."""
+        records read back are for reading. A row abgraph never writes (a crafted
+        or damaged index) raises `DamagedIndex`."""
         with collector_paused():
             return self._read_records(ids)
 
     def _read_records(self, ids) -> list[NodeRecord]:
-        query = f"SELECT {','.join(_NODE_COLUMNS)} FROM nodes"
-        rows = self.db.execute(query + " ORDER BY seq").fetchall()
+        rows = self._query(f"SELECT {','.join(_NODE_COLUMNS)} FROM nodes ORDER BY seq")
         wanted = set(ids) if ids is not None else None
         parents: dict[str, list] = {}
-        for child, _, parent in self.db.execute("SELECT * FROM edges ORDER BY child, position"):
+        for child, _, parent in self._query("SELECT child, position, parent FROM edges ORDER BY child, position"):
             parents.setdefault(child, []).append(parent)
         tags: dict[str, list] = {}
-        for node, tag in self.db.execute("SELECT node, tag FROM tags ORDER BY rowid"):
+        for node, tag in self._query("SELECT node, tag FROM tags ORDER BY rowid"):
             tags.setdefault(node, []).append(tag)
         results: dict[str, dict] = {}
         versions: dict[str, dict] = {}
-        for node, name, version, value in self.db.execute("SELECT * FROM results"):
-            results.setdefault(node, {})[name] = json.loads(value)
+        for node, name, version, value in self._query("SELECT node, name, version, value FROM results"):
+            results.setdefault(node, {})[name] = _loads(value, node, f"result {name!r}", self.path)
             versions.setdefault(node, {})[name] = version
         records = []
         decoded: dict = {}  # JSON text -> value: a sweep repeats its properties and environment
-        json_positions = [i for i, column in enumerate(_NODE_COLUMNS) if column in _JSON_COLUMNS]
         for row in rows:
             if wanted is not None and row[0] not in wanted:
                 continue
-            row = list(row)
-            for i in json_positions:
-                text = row[i]
-                value = decoded.get(text)
-                if value is None:
-                    value = decoded[text] = json.loads(text)
-                row[i] = value
-            node = row[0]
+            values = decode_row(row, self.path, decoded)
+            node = values["id"]
             record = NodeRecord(node, parents.get(node, []), tags=tags.get(node, []),
                                 results=results.get(node, {}), result_versions=versions.get(node, {}))
-            record.__dict__.update(zip(_NODE_COLUMNS, row))
+            record.__dict__.update(values)
+            check_links(record, self.path)
             records.append(record)
         return records
 
@@ -224,3 +304,78 @@ class Index:
     def set_meta(self, key: str, value) -> None:
         with self._lock:
             self.db.execute("INSERT OR REPLACE INTO meta VALUES (?, ?)", (key, json.dumps(value)))
+
+
+def _set_wal(db, patience: float = 60.0) -> None:
+    """WAL mode; two processes creating one index at once may find it locked
+    (SQLite does not wait on a busy lock for a journal-mode change): retry."""
+    deadline = time.monotonic() + patience
+    while True:
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            return
+        except sqlite3.OperationalError as error:
+            if "locked" not in str(error) or time.monotonic() > deadline:
+                raise
+            time.sleep(0.05)
+
+
+def _loads(text, node, column, path):
+    try:
+        return json.loads(text)
+    except (TypeError, ValueError):
+        raise DamagedIndex(f"{path}: node {str(node)[:12]} has {column} {str(text)[:40]!r}, "
+                           "which is not JSON; `abgraph verify --repair` keeps what is intact") from None
+
+
+def decode_row(row, path, decoded=None) -> dict:
+    """A `nodes` row as NodeRecord fields, every column of the shape abgraph writes;
+    `decoded` (JSON text -> value) shares the values of equal texts."""
+    from .objects import DIGEST
+    values = dict(zip(_NODE_COLUMNS, row))
+    node = values["id"]
+    decoded = {} if decoded is None else decoded
+
+    def refuse(column, expected):
+        return DamagedIndex(f"{path}: node {str(node)[:12]} has {column} = {str(values[column])[:60]!r}, "
+                            f"not {expected}; the index is damaged or crafted: "
+                            "`abgraph verify --repair` keeps the intact nodes")
+    if not isinstance(node, str) or not node:
+        raise refuse("id", "a node id")
+    for column in _JSON_COLUMNS:
+        text = values[column]
+        value = decoded.get(text) if isinstance(text, str) else None
+        if value is None:
+            value = _loads(text, node, column, path)
+            if isinstance(text, str):
+                decoded[text] = value
+        values[column] = value
+    for column in _DICT_COLUMNS:
+        if not isinstance(values[column], dict):
+            raise refuse(column, "a JSON object")
+    if not (isinstance(values["attributes"], list) and all(isinstance(a, str) for a in values["attributes"])):
+        raise refuse("attributes", "a list of names")
+    if not (isinstance(values["blobs"], list) and all(isinstance(b, str) and DIGEST.fullmatch(b)
+                                                      for b in values["blobs"])):
+        raise refuse("blobs", "a list of blob digests")
+    if values["payload"] is not None and not (isinstance(values["payload"], str)
+                                              and DIGEST.fullmatch(values["payload"])):
+        raise refuse("payload", "a blob digest")
+    if values["status"] not in STATUSES:
+        raise refuse("status", f"one of {', '.join(STATUSES)}")
+    for column in ("recipe", "recipe_version", "state_class"):
+        if not isinstance(values[column], str):
+            raise refuse(column, "a string")
+    for column in ("started", "finished", "duration"):
+        if values[column] is not None and not isinstance(values[column], (int, float)):
+            raise refuse(column, "a number")
+    return values
+
+
+def check_links(record: NodeRecord, path) -> None:
+    """Parents and tags as abgraph writes them: strings, no node its own parent."""
+    if record.id in record.parents or not all(isinstance(p, str) for p in record.parents):
+        raise DamagedIndex(f"{path}: node {record.id[:12]} lists itself (or a non-id) among its "
+                           "parents; `abgraph verify --repair` keeps the intact nodes")
+    if not all(isinstance(t, str) for t in record.tags):
+        raise DamagedIndex(f"{path}: node {record.id[:12]} has a tag that is not text")
