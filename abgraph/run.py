@@ -147,7 +147,8 @@ class RunLoop:
 
     def _show(self, final=False) -> None:
         plan = self.plan
-        self.progress.update(len(plan.executed), len(plan.failed), self.running_labels.values(), force=final)
+        self.progress.update(len(plan.executed), len(plan.failed), self.running_labels.values(), force=final,
+                             skipped=len(plan.blocked) + len(plan.stopped))
         if final:
             self.progress.close()
 

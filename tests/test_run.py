@@ -132,6 +132,16 @@ def test_run_report_and_graph_after_a_clean_run(study, tmp_path):
     assert again.executed == [] and sorted(again.cached) == sorted(report.executed)
 
 
+def test_the_progress_line_ends_at_its_total_when_nodes_are_blocked(study, tmp_path, failing, capsys):
+    exp = abgraph.Experiment(tmp_path, state_class=study.State)
+    root = exp.spawn_new_tree(dataset_name="toy", hidden=8)
+    boom = Boom(message="exploded on purpose")(root)
+    study.Prune(amount=0.5)(study.Prune(amount=0.2)(boom))
+    exp.run(executor=serial(), progress=True, raise_on_failure=False)
+    last = capsys.readouterr().err.split("\r")[-1]
+    assert "abgraph [4/4] done 1 cached 0 failed 1 skipped 2" in last, last
+
+
 def test_a_failing_recipe_blocks_only_its_descendants(study, tmp_path, failing):
     exp = abgraph.Experiment(tmp_path, state_class=study.State)
     root = exp.spawn_new_tree(dataset_name="toy", hidden=8)

@@ -14,7 +14,8 @@ class Progress:
         self.start = time.perf_counter()
         self._last = 0.0
 
-    def update(self, done: int, failed: int, running_labels, force=False) -> None:
+    def update(self, done: int, failed: int, running_labels, force=False, skipped: int = 0) -> None:
+        """`skipped`: blocked below a failure or stopped early; settled all the same."""
         if not self.enabled:
             return
         now = time.perf_counter()
@@ -22,8 +23,9 @@ class Progress:
             return
         self._last = now
         labels = ", ".join(sorted(running_labels))
-        line = (f"\rabgraph [{done + self.cached + failed}/{self.total}] done {done} cached "
-                f"{self.cached} failed {failed} | {now - self.start:.0f}s | {labels}")
+        line = (f"\rabgraph [{done + self.cached + failed + skipped}/{self.total}] done {done} cached "
+                f"{self.cached} failed {failed}" + (f" skipped {skipped}" if skipped else "")
+                + f" | {now - self.start:.0f}s | {labels}")
         self.stream.write(line[:160].ljust(160))
         self.stream.flush()
 
