@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import datetime
 import json
+import os
 import sqlite3
 import sys
 import warnings
@@ -234,6 +235,11 @@ def main(argv=None) -> int:
             warnings.simplefilter("always")
             warnings.showwarning = lambda message, *_, **__: _say(args.command, message)
             return args.run(args) or 0
+    except BrokenPipeError:
+        # the reader stopped early (`abgraph ls DIR | head`): not an error of ours; say
+        # nothing, and let no later flush of stdout complain either
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 141  # 128 + SIGPIPE, as a command killed by the closed pipe reports
     except (KeyError, ValueError, RuntimeError, TypeError, OSError, sqlite3.Error) as error:
         message = error.args[0] if isinstance(error, KeyError) and error.args else error
         _say(args.command, message)

@@ -12,11 +12,13 @@ import io
 import json
 import sqlite3
 import subprocess
+import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
 
+from abgraph import Experiment, ExperimentState, SerialExecutor
 from abgraph.cli import main
 from abgraph.store import ObjectStore
 from conftest import blob_files, records_by_id, copy_experiment, run_cli_many, sha256
@@ -224,3 +226,22 @@ def test_an_unknown_id_prefix(cli):
 
 def test_a_corrupted_index_file(cli):
     assert_one_line_error(cli.run["ls_garbage"], "not an abgraph")
+
+
+class Numbered(ExperimentState):
+    PROPERTIES = ["k"]
+
+
+def test_a_reader_that_stops_early_is_no_error(tmp_path):
+    """`abgraph ls DIR | head -1` on a listing larger than a pipe holds: the closed
+    pipe ends the command quietly."""
+    exp = Experiment(tmp_path / "exp", state_class=Numbered)
+    for k in range(3000):
+        exp.spawn_new_tree(k=k)
+    exp.run(executor=SerialExecutor())
+    command = [sys.executable, "-m", "abgraph.cli", "ls", str(tmp_path / "exp")]
+    listing = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    assert listing.stdout.readline().startswith(b"id ")
+    listing.stdout.close()
+    assert listing.wait(timeout=60) == 141
+    assert listing.stderr.read() == b""
