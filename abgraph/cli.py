@@ -61,7 +61,8 @@ def _iso(seconds) -> str | None:
 
 
 def _fields(record) -> dict:
-    fields = {k: v for k, v in vars(record).items() if k not in ("blobs", "seq")}
+    hidden = ("blobs", "seq", "derived_from")  # derived_from is a run's, never stored
+    fields = {k: v for k, v in vars(record).items() if k not in hidden}
     fields.update({name: _iso(fields[name]) for name in RECORD_TIMES})
     fields["blobs"] = len(record.blobs)
     return fields

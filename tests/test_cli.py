@@ -148,6 +148,7 @@ def test_show_a_node_by_prefix(cli):
     assert shown["status"] == "done"
     assert set(shown["results"]["accuracy"]) == {"accuracy", "n"}
     assert shown["environment"]["device"] == "cpu"
+    assert "derived_from" not in shown  # a run's bookkeeping, never stored: it would always read empty
 
 
 def test_draw_writes_the_file(cli):
