@@ -48,3 +48,9 @@ def written_properties(state) -> dict:
     """The properties a recipe (or `initialize_state`) set: stored with the
     payload, recorded on the node and inherited by its descendants."""
     return state._changed_properties()
+
+
+def untouched(state) -> bool:
+    """The state's tensors are as it stored or loaded them (see `Snapshot.untouched`)."""
+    snapshot = state._ab_snapshot
+    return snapshot is None or snapshot.untouched()

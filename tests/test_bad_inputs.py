@@ -164,9 +164,6 @@ class Meddle(abgraph.Recipe):
         return state
 
 
-@pytest.mark.xfail(strict=True, reason="not fixed: a worker keeps the produced state itself for its "
-                   "children, so a recipe that mutates it through a global alias changes what "
-                   "later children start from (issue 18, item 8)")
 def test_a_parent_mutated_through_a_global_alias_does_not_leak_into_a_sibling(tmp_path):
     exp = experiment(tmp_path)
     kept = Keep()(exp.spawn_new_tree(width=1))

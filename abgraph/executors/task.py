@@ -71,9 +71,10 @@ class StateCache:
 
     def get(self, node_id, digest, state_class, properties, objects):
         state = self._states.get(node_id)
-        if state is not None:
+        if state is not None and payloads.untouched(state):
             self._states.move_to_end(node_id)
             return state
+        self._states.pop(node_id, None)  # written through an alias since: read its blobs again
         self.loads += 1
         return payloads.load(state_class, properties, digest, objects)
 

@@ -27,9 +27,22 @@ class Snapshot:
 
     def __init__(self, by_id: dict | None = None):
         self.by_id: dict[int, tuple[object, str]] = by_id if by_id is not None else {}
+        self.versions = {key: _version(obj) for key, (obj, _) in self.by_id.items()}
 
     def add(self, tensor, digest: str) -> None:
         self.by_id[id(tensor)] = (tensor, digest)
+        self.versions[id(tensor)] = _version(tensor)
+
+    def untouched(self) -> bool:
+        """No torch tensor of the payload was changed in place since it was saved or
+        loaded (torch counts in-place writes in `_version`; free to read). A state
+        kept in memory for its children can be written through an alias a recipe
+        kept (a global, a closure): such a state must be read again from its blobs."""
+        return all(_version(obj) == self.versions[key] for key, (obj, _) in self.by_id.items())
+
+
+def _version(tensor):
+    return getattr(tensor, "_version", None)  # numpy arrays keep no count
 
 
 def _raw(tensor):
