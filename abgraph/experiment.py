@@ -94,6 +94,8 @@ class Experiment:
         self._stopping_rules: dict = {}
         self._graph = None
         self._roots: list[str] = []      # spawned in this session
+        self._root_choice = None          # the id `exp.root = ...` picked
+        self._root_object = None          # the state made by hand that became that root
         self._executed: set[str] = set()  # computed by this object's runs (the rest came from the store)
         self.experiment_arguments = None  # the keywords of the last spawn_new_tree (dagger's name)
 
@@ -101,7 +103,8 @@ class Experiment:
     def __getstate__(self):
         """A recipe that keeps its experiment is sent to workers: only the folder
         travels (no connection, no lock); the copy browses what is stored."""
-        return {"directory": str(self.directory), "state_class": self.state_class, "roots": self._roots}
+        return {"directory": str(self.directory), "state_class": self.state_class, "roots": self._roots,
+                "root_choice": self._root_choice}
 
     def __setstate__(self, state):
         self.directory = Path(state["directory"])
@@ -110,6 +113,7 @@ class Experiment:
         self.objects = _objects(self.index, self.directory, None, create=False)
         self._start_building()
         self._roots = list(state["roots"])
+        self._root_choice = state.get("root_choice")
 
     # -- building ----------------------------------------------------------------
     def tag(self, *tags) -> "TagScope":
@@ -240,19 +244,67 @@ class Experiment:
     def root(self):
         """The root (dagger's name). Spawned in this session: computed if it is not
         stored yet, and loaded. Otherwise the stored root, slim. None if there is none."""
+        if self._root_choice is not None:
+            if self._root_object is not None:
+                return self._root_object
+            return self._root_node(self._root_choice)
         if len(self._roots) > 1:
-            raise RuntimeError(f"this experiment has {len(self._roots)} roots; use the promises "
-                               "spawn_new_tree returned, or exp.graph.roots")
+            raise RuntimeError(f"this experiment has {len(self._roots)} roots; pick one with "
+                               "`exp.root = promise`, or use the promises spawn_new_tree returned")
         if self._roots:
-            root_id, built_here = self._roots[0], self._roots[0] in self._nodes
-            node = self.graph.node(root_id) if root_id in self.graph else None
-            if built_here and (node is None or node.status != "done"):
-                node = self._get(root_id)
-            return node.restore() if built_here and not node.is_restored else node
+            return self._root_node(self._roots[0])
         roots = self.graph.roots
         if len(roots) > 1:
-            raise RuntimeError(f"{self.directory} holds {len(roots)} roots; use exp.graph.roots")
+            raise RuntimeError(f"{self.directory} holds {len(roots)} roots; pick one with "
+                               "`exp.root = exp.graph.roots[i]`")
         return roots[0] if roots else None
+
+    @root.setter
+    def root(self, state):
+        """dagger's `exp.root = state`. A root promise or stored root of this
+        experiment picks which root `exp.root` (and `state.root`) means. A state
+        made by hand with only its PROPERTIES set becomes the root: spawned with
+        those properties, built by `initialize_state` and stored now, and from
+        then on that object is the stored node."""
+        if isinstance(state, StatePromise) and state.experiment is self:
+            node_id = state.id
+        elif isinstance(state, ExperimentState) and state.id is not None:
+            node_id = state.id
+        elif isinstance(state, ExperimentState):
+            self._adopt_hand_made_root(state)
+            return
+        else:
+            raise TypeError(f"exp.root takes a root promise, a stored root or a state made by hand, "
+                            f"not {type(state).__name__}")
+        known = self._nodes.get(node_id)
+        stored = self.graph.node(node_id) if node_id in self.graph else None
+        if (known.parents if known else stored is None or stored._ab_record.parents):
+            raise ValueError(f"node {node_id[:12]} is not a root of {self.directory}; its roots are "
+                             f"{[n[:12] for n in self._roots] or [n.id[:12] for n in self.graph.roots]}")
+        self._root_choice, self._root_object = node_id, None
+
+    def _adopt_hand_made_root(self, state) -> None:
+        if not isinstance(state, self.state_class) or state.experiment_object not in (None, self):
+            raise TypeError(f"exp.root = state takes a {self.state_class.__name__} of this experiment, "
+                            f"not a {type(state).__name__} of {state.experiment_object!r}")
+        given = [name for name in state._ab_attributes if state.__dict__.get(name) is not None]
+        if given:
+            raise ValueError(f"a root's payload is built by initialize_state from its properties; "
+                             f"{', '.join(given)} would be lost: set only PROPERTIES "
+                             f"{list(type(state).PROPERTIES)} on a state given as the root")
+        promise = self.spawn_new_tree(**state._current_properties())
+        node = self._root_node(promise.id)
+        state.__dict__.update(node.__dict__)
+        state.experiment_object = self
+        self._root_choice, self._root_object = promise.id, state
+
+    def _root_node(self, root_id):
+        """A root spawned in this session is computed if need be and loaded; a stored one stays slim."""
+        built_here = root_id in self._nodes
+        node = self.graph.node(root_id) if root_id in self.graph else None
+        if built_here and (node is None or node.status != "done"):
+            node = self._get(root_id)
+        return node.restore() if built_here and not node.is_restored else node
 
     def _get(self, node_id, executor=None):
         """Run `node_id` and its ancestors if they are not stored (in this process by

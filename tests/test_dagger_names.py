@@ -75,6 +75,40 @@ def test_the_experiment_before_and_after_spawning(tmp_path):
     assert list(exp.leaves) == [child.id] and list(exp.nodes) == [root.id, child.id]
 
 
+def test_exp_root_takes_a_state_made_by_hand(tmp_path):
+    exp = dg.Experiment(tmp_path, state_class=Pair)
+    given = Pair(experiment_object=exp)
+    given.a, given.b = 4.0, "h"
+    exp.root = given  # spawned with its properties, built by initialize_state and stored now
+    assert exp.root is given and Pair(experiment_object=exp).root is given
+    assert given.id == given.sha() and given.model is not None and given.root_state
+    assert exp.graph.node(given.id).status == "done"
+    grown = Op(mul, 2)(given.to_promise())
+    assert grown.get().restore().c == 8.0
+    assert pickle.loads(pickle.dumps(exp)).root.id == given.id  # a worker's copy knows the root
+    filled = Pair(experiment_object=exp)
+    filled.a, filled.b, filled.c = 1.0, "h", 5
+    with pytest.raises(ValueError, match="c would be lost"):
+        exp.root = filled
+
+
+def test_exp_root_picks_one_of_several_roots(tmp_path):
+    exp = dg.Experiment(tmp_path, state_class=Pair)
+    first, second = exp.spawn_new_tree(a=1.0, b="p"), exp.spawn_new_tree(a=2.0, b="q")
+    with pytest.raises(RuntimeError, match="2 roots; pick one with `exp.root = promise`"):
+        exp.root
+    exp.root = second
+    assert exp.root.id == second.id and exp.root.a == 2.0
+    with pytest.raises(ValueError, match="not a root"):
+        exp.root = Op(mul, 2)(first)
+    exp.run()
+    restored = dg.Experiment.restore(tmp_path, state_class=Pair)
+    with pytest.raises(RuntimeError, match="2 roots"):
+        restored.root
+    restored.root = restored.graph.node(first.id)
+    assert restored.root.id == first.id and restored.root.slim_loaded
+
+
 def test_get_runs_what_a_node_needs_in_this_process(tmp_path):
     exp = dg.Experiment(tmp_path, state_class=Pair)
     root = exp.spawn_new_tree(a=10.0, b="y")
