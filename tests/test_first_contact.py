@@ -11,6 +11,7 @@ import configparser
 import importlib.metadata
 import math
 import re
+import pickle
 import subprocess
 import sys
 import warnings
@@ -198,6 +199,34 @@ def test_run_failed_carries_the_report(tmp_path):
         exp.run(executor=abgraph.SerialExecutor())
     assert caught.value.report.failed == [bad.id] and not caught.value.report.ok
     assert "raise_on_failure=False" in str(caught.value)
+
+
+class Raises(abgraph.Recipe):
+    PROPERTIES = ["kind"]
+
+    def __init__(self, kind):
+        self.kind = kind
+
+    def run(self, state):
+        raise {"key": KeyError, "os": OSError, "own": OwnError}[self.kind]("on purpose")
+
+
+class OwnError(Exception):
+    pass
+
+
+@pytest.mark.parametrize("kind, also", [("key", KeyError), ("os", OSError), ("own", None)])
+def test_run_failed_is_also_the_first_error_s_builtin_type(tmp_path, kind, also):
+    """A dagger script's `except KeyError:` around run() still catches; a type that
+    is not built in is never imported, and gives a plain RunFailed."""
+    exp = abgraph.Experiment(tmp_path / "exp", state_class=Toy)
+    Raises(kind)(exp.spawn_new_tree(model_fn="mlp", seed=0))
+    with pytest.raises(abgraph.RunFailed) as caught:
+        exp.run(executor=abgraph.SerialExecutor())
+    error = caught.value
+    assert isinstance(error, also) if also else type(error) is abgraph.RunFailed
+    assert str(error).startswith("run did not finish: 1 failed") and "on purpose" in str(error)
+    assert pickle.loads(pickle.dumps(error)).report.failed == error.report.failed
 
 
 def test_the_failed_node_reads_well_in_abgraph_show(failed_run):
