@@ -231,7 +231,12 @@ def sha256(path) -> str:
 
 
 def copy_experiment(source, destination) -> Path:
-    shutil.copytree(source, destination)
+    """A copy as a user's `cp -r` of a closed experiment makes: SQLite's -shm file
+    and an empty -wal, there while some test still has the source open, are left out."""
+    def left_out(folder, names):
+        return [name for name in names if name.endswith("-shm")
+                or (name.endswith("-wal") and not os.path.getsize(os.path.join(folder, name)))]
+    shutil.copytree(source, destination, ignore=left_out)
     return Path(destination)
 
 
