@@ -4,6 +4,7 @@ from __future__ import annotations
 import difflib
 import fnmatch
 import importlib
+import itertools
 import sys
 import warnings
 from functools import cached_property
@@ -32,9 +33,8 @@ class NodeSet(list):
             if not fnmatch.filter(graph._tag_index, glob):
                 warnings.warn(_no_tag_matches(glob, graph._tag_index), stacklevel=2)
         ids = graph.tagged(alternatives)
-        if self is graph.nodes:  # the whole experiment: pick the matches, in the graph's order
-            by_id = graph._by_id
-            return NodeSet([by_id[i] for i in by_id if i in ids])
+        if self is graph.nodes:  # the whole experiment, in the order of its ids: a loop in C
+            return NodeSet(itertools.compress(self, map(ids.__contains__, graph._by_id)))
         return NodeSet(n for n in self if n.id in ids)
 
     def where(self, **conditions) -> "NodeSet":
@@ -113,30 +113,33 @@ class NodeSet(list):
             return self._dataframe()
 
     def _dataframe(self):
+        """Built by columns: the columns every node has as lists, the varying ones
+        (properties, measurements) as one dict per node, shared where a sweep's
+        nodes share their settings."""
         import pandas
-        measured = {name for node in self for name in node._ab_record.metrics}
-        measured |= {name.split(".")[0] for node in self for name in node._ab_record.results}
-        depths = self[0]._ab_graph.depths() if self else {}
+        if not self:
+            return pandas.DataFrame()
+        records = [node._ab_record for node in self]
+        measured = {name for record in records for name in record.metrics}
+        measured |= {name.split(".")[0] for record in records for name in record.results}
+        depths = self[0]._ab_graph.depths()
         settings: dict = {}  # a sweep's nodes share their property dicts: convert each pair once
-        rows = []
-        for node in self:
-            record = node._ab_record
-            row = {"id": record.id, "parents": list(record.parents), "depth": depths[record.id],
-                   "recipe": record.recipe.rsplit(".", 1)[-1]}
+        properties, measures = [], []
+        for record in records:
             key = (id(record.properties), id(record.recipe_properties))
             columns = settings.get(key)
             if columns is None:
                 columns = settings[key] = _property_columns(record, measured)
-            row.update(columns)
-            row["tags"] = list(record.tags)
-            row.update(measurements(record))
-            for name, error in failed_functions(record).items():  # the exception's line, not its traceback
-                for key in [k for k in row if k.startswith(f"{name}.")]:
-                    del row[key]
-                row[f"{name}.error"] = last_line(error)
-            row["status"], row["duration"] = record.status, record.duration
-            rows.append(row)
-        return pandas.DataFrame(rows)
+            properties.append(columns)
+            measures.append(_measure_columns(record) if record.results else record.metrics)
+        properties, measures = pandas.DataFrame(properties), pandas.DataFrame(measures)
+        properties = properties.drop(columns=[c for c in properties.columns if c in measures.columns])
+        front = pandas.DataFrame({"id": [r.id for r in records], "parents": [list(r.parents) for r in records],
+                                  "depth": [depths[r.id] for r in records],
+                                  "recipe": [r.recipe.rsplit(".", 1)[-1] for r in records]})
+        back = pandas.DataFrame({"status": [r.status for r in records], "duration": [r.duration for r in records]})
+        tags = pandas.DataFrame({"tags": [list(r.tags) for r in records]})
+        return pandas.concat([front, properties, tags, measures, back], axis=1)
 
     def draw(self, filename=None, format="pdf", label=None, color_by=None, metrics=None,
              direction=None, collapse="seed", view=False):
@@ -218,6 +221,17 @@ def _property_columns(record, measured) -> dict:
     return columns
 
 
+def _measure_columns(record) -> dict:
+    """Metrics and function results as columns; a function that raised gives its
+    exception's line as `name.error`, not its traceback."""
+    row = measurements(record)
+    for name, error in failed_functions(record).items():
+        for key in [k for k in row if k.startswith(f"{name}.")]:
+            del row[key]
+        row[f"{name}.error"] = last_line(error)
+    return row
+
+
 def _no_tag_matches(pattern, tags) -> str:
     close = difflib.get_close_matches(pattern, sorted(tags), n=3, cutoff=0.5)
     hint = (f"nearest: {', '.join(close)}" if close else
@@ -294,13 +308,21 @@ class ExperimentGraph:
         self.experiment = experiment
         self._by_id = {}
         self._children: dict[str, list] = {}
+        children = self._children
+        readable_properties: dict = {}  # a sweep's records share their property dicts: convert each once
         for record in records:
-            properties = {k: readable(v) for k, v in record.properties.items()}
+            properties = readable_properties.get(id(record.properties))
+            if properties is None:
+                properties = readable_properties[id(record.properties)] = {
+                    k: readable(v) for k, v in record.properties.items()}
             node = state_class._create(properties, record, self, attributes=record.attributes,
                                        experiment=experiment)
             self._by_id[record.id] = node
             for parent in record.parents:
-                self._children.setdefault(parent, []).append(record.id)
+                if parent in children:
+                    children[parent].append(record.id)
+                else:
+                    children[parent] = [record.id]
         self._depth: dict[str, int] = {}
 
     @cached_property

@@ -59,18 +59,19 @@ class ExperimentState:
     # -- built by the framework, never by users --------------------------------
     @classmethod
     def _internals(cls, properties, record, graph, attributes, experiment=None) -> dict:
-        return {"id": record.id if record else None, "metrics": {}, "_ab_record": record,
-                "_ab_graph": graph, "_ab_snapshot": None, "_ab_properties": dict(properties),
-                "_ab_attributes": list(attributes if attributes is not None else cls.NONHASHED_ATTRIBUTES),
+        """The framework's own attributes. `properties` and `attributes` are kept,
+        not copied (never changed: a browsed graph shares them between nodes)."""
+        return {"id": record.id if record else None, "metrics": dict(record.metrics) if record else {},
+                "_ab_record": record, "_ab_graph": graph, "_ab_snapshot": None, "_ab_properties": properties,
+                "_ab_attributes": attributes if attributes is not None else list(cls.NONHASHED_ATTRIBUTES),
                 "_ab_parent_sha": None, "experiment_object": experiment}
 
     @classmethod
     def _create(cls, properties: dict, record=None, graph=None, attributes=None, experiment=None):
         state = cls.__new__(cls)
-        state.__dict__.update(cls._internals(properties, record, graph, attributes, experiment))
-        state.__dict__.update(properties)
-        if record is not None:
-            state.metrics = dict(record.metrics)
+        values = cls._internals(properties, record, graph, attributes, experiment)
+        values.update(properties)
+        state.__dict__ = values
         return state
 
     def _current_properties(self) -> dict:

@@ -349,3 +349,32 @@ def test_the_environment_is_recorded(study_run):
         assert environment["abgraph"] == abgraph.__version__
         assert environment["host"] == socket.gethostname()
         assert environment["device"] == "cpu"
+
+
+def test_the_fast_read_gives_the_records_the_checked_read_gives(study_run, tmp_path):
+    """Browsing reads every row at C speed (SQLite checks the shapes); the row-by-row
+    read that names a damaged row must agree with it on a healthy index, and take
+    over as soon as one row is odd."""
+    from abgraph.store import DamagedIndex, Index
+    index = Index(study_run.directory)
+    fast, checked = index.records(), index._read_checked(None, _links(index))
+    assert list(map(_stored_fields, fast)) == list(map(_stored_fields, checked)) and len(fast) == len(study_run.ids)
+    damaged = tmp_path / "damaged"
+    damaged.mkdir()
+    copy = Index(damaged, create=True)
+    copy.write(fast)
+    copy.db.execute("UPDATE nodes SET metrics = '[1]' WHERE id = ?", (fast[-1].id,))
+    with pytest.raises(DamagedIndex, match=f"node {fast[-1].id[:12]} has metrics"):
+        copy.records()
+
+
+def _stored_fields(record) -> dict:
+    return {name: value for name, value in vars(record).items() if name != "derived_from"}  # a run's, never stored
+
+
+def _links(index):
+    """What `_read_records` reads beside the rows (parents, tags, results, versions)."""
+    records = index.records()
+    return ({r.id: r.parents for r in records if r.parents}, {r.id: r.tags for r in records if r.tags},
+            {r.id: r.results for r in records if r.results},
+            {r.id: r.result_versions for r in records if r.result_versions})

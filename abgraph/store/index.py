@@ -92,6 +92,43 @@ class DamagedIndex(NotAnExperiment):
 STATUSES = ("done", "failed", "blocked", "damaged", "stopped")
 _DICT_COLUMNS = ("recipe_properties", "properties", "metrics", "environment")
 
+_FAST_COLUMNS = ",".join(c for c in _NODE_COLUMNS if c != "metrics")
+_NUMBER_OR_NULL = "('null', 'real', 'integer')"
+_NOT_DIGEST = "(typeof({0}) != 'text' OR length({0}) != 64 OR {0} GLOB '*[^0-9a-f]*')"
+# a row (or edge, or tag) abgraph never writes; json_each raises on text that is not JSON
+_ODD_ROW = f"""
+SELECT 1 FROM nodes WHERE typeof(id) != 'text' OR id = ''
+ OR status NOT IN ({", ".join(map(repr, STATUSES))})
+ OR typeof(recipe) != 'text' OR typeof(recipe_version) != 'text' OR typeof(state_class) != 'text'
+ OR typeof(started) NOT IN {_NUMBER_OR_NULL} OR typeof(finished) NOT IN {_NUMBER_OR_NULL}
+ OR typeof(duration) NOT IN {_NUMBER_OR_NULL}
+ OR (payload IS NOT NULL AND {_NOT_DIGEST.format("payload")})
+ OR typeof(blobs) != 'text' OR json_type(blobs) != 'array'
+ OR EXISTS (SELECT 1 FROM json_each(nodes.blobs) WHERE {_NOT_DIGEST.format("value")})
+UNION ALL SELECT 1 FROM edges WHERE typeof(child) != 'text' OR typeof(parent) != 'text' OR child = parent
+UNION ALL SELECT 1 FROM tags WHERE typeof(tag) != 'text'
+LIMIT 1"""
+
+
+class _SharedJSON(dict):
+    """JSON text -> value, decoded once per text (a sweep's nodes repeat their
+    properties and environment) and checked once: a `kind` (dict, or list of
+    strings). `odd` says a text was neither; its value reads empty."""
+
+    def __init__(self, kind):
+        super().__init__()
+        self.kind, self.odd = kind, False
+
+    def __missing__(self, text):
+        try:
+            value = json.loads(text)
+        except (TypeError, ValueError):
+            value = None
+        if not (type(value) is self.kind and (self.kind is dict or all(type(v) is str for v in value))):
+            self.odd, value = True, self.kind()
+        self[text] = value
+        return value
+
 
 class Index:
     """Opened read-only where the folder cannot be written (an archive, a read-only
@@ -270,7 +307,6 @@ class Index:
             return self._read_records(ids)
 
     def _read_records(self, ids) -> list[NodeRecord]:
-        rows = self._query(f"SELECT {','.join(_NODE_COLUMNS)} FROM nodes ORDER BY seq")
         wanted = set(ids) if ids is not None else None
         parents: dict[str, list] = {}
         for child, _, parent in self._query("SELECT child, position, parent FROM edges ORDER BY child, position"):
@@ -283,6 +319,50 @@ class Index:
         for node, name, version, value in self._query("SELECT node, name, version, value FROM results"):
             results.setdefault(node, {})[name] = _loads(value, node, f"result {name!r}", self.path)
             versions.setdefault(node, {})[name] = version
+        links = parents, tags, results, versions
+        return self._read_fast(wanted, links) or self._read_checked(wanted, links)
+
+    def _read_fast(self, wanted, links) -> list[NodeRecord] | None:
+        """Every row at C speed: SQLite checks the shapes of all rows in one query
+        and decodes every row's metrics in one JSON text; equal JSON texts (a
+        sweep's properties) are decoded once. None when a row is not as abgraph
+        writes it: `_read_checked` then names it."""
+        try:
+            if self.db.execute(_ODD_ROW).fetchone() is not None:
+                return None
+            rows = self.db.execute(f"SELECT {_FAST_COLUMNS} FROM nodes ORDER BY seq, id").fetchall()
+            metrics = json.loads(self.db.execute(
+                "SELECT json_group_array(json(metrics)) FROM (SELECT metrics FROM nodes ORDER BY seq, id)"
+            ).fetchone()[0])
+        except (sqlite3.DatabaseError, ValueError):
+            return None
+        parents, tags, results, versions = links
+        maps, lists = _SharedJSON(dict), _SharedJSON(list)  # one per kind: '{}' is not '[]'
+        records = []
+        for row, measured in zip(rows, metrics):
+            (node, seq, recipe, recipe_properties, recipe_version, properties, state_class, status, error,
+             started, finished, duration, payload, attributes, blobs, environment) = row
+            if wanted is not None and node not in wanted:
+                continue
+            if type(measured) is not dict:
+                return None
+            record = NodeRecord.__new__(NodeRecord)
+            record.__dict__ = {
+                "id": node, "parents": parents.get(node, []), "recipe": recipe,
+                "recipe_properties": maps[recipe_properties], "recipe_version": recipe_version,
+                "properties": maps[properties], "state_class": state_class, "tags": tags.get(node, []),
+                "status": status, "error": error, "started": started, "finished": finished,
+                "duration": duration, "payload": payload, "attributes": lists[attributes],
+                "blobs": json.loads(blobs) if blobs != "[]" else [], "metrics": measured,
+                "results": results.get(node, {}), "result_versions": versions.get(node, {}),
+                "environment": maps[environment], "seq": seq, "derived_from": ()}
+            records.append(record)
+        return None if maps.odd or lists.odd else records
+
+    def _read_checked(self, wanted, links) -> list[NodeRecord]:
+        """Row by row, each column checked in Python: slow, and says which row is odd."""
+        parents, tags, results, versions = links
+        rows = self._query(f"SELECT {','.join(_NODE_COLUMNS)} FROM nodes ORDER BY seq, id")
         records = []
         decoded: dict = {}  # JSON text -> value: a sweep repeats its properties and environment
         for row in rows:
