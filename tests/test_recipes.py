@@ -236,18 +236,19 @@ def test_a_chain_goes_on_from_stored_rungs_in_worker_processes(tmp_path):
     assert again.graph.node(tail.id).metrics["total_epochs"] == 4
 
 
-@pytest.mark.parametrize("between", ["prune", "user recipe", "other lr"])
+@pytest.mark.parametrize("between", ["prune", "user recipe", "other lr", "other optimizer"])
 def test_a_changed_model_or_setting_starts_a_fresh_run(tmp_path, between):
-    """After a weight change, or with another lr, Train starts afresh: exactly what the same
-    graph gives on a state that keeps no record (every Train fresh)."""
+    """After a weight change, or with another lr or optimizer, Train starts afresh: exactly
+    what the same graph gives on a state that keeps no record (every Train fresh)."""
     settings = dict(CHAIN, optimizer="adam")
     models = {}
     for state_class in (TorchState, ForgetfulState):
         exp = abgraph.Experiment(tmp_path / state_class.__name__, state_class=state_class)
         root = exp.spawn_new_tree(model_fn=make_dropout_mlp, data_fn=small_digits, seed=0)
         first = Train(epochs=3, **settings)(root)
-        if between == "other lr":
-            last = Train(epochs=2, **dict(settings, lr=0.02))(first)
+        if between.startswith("other"):
+            other = dict(lr=0.02) if between == "other lr" else dict(optimizer="sgd", momentum=0.9)
+            last = Train(epochs=2, **dict(settings, **other))(first)
         else:
             changed = Prune("l1_unstructured", 0.5)(first) if between == "prune" else HalveFirstLayer()(first)
             last = Train(epochs=2, **settings)(changed)
