@@ -7,6 +7,8 @@ from dataclasses import asdict, dataclass, field
 from .identity import readable
 from .store.manifest import TensorEntry, read as read_manifest
 
+RESUME_PREFIX = "train_resume."  # Train's record: one printed line (a line per optimizer tensor drowns the model)
+
 
 @dataclass
 class StepDiff:
@@ -78,7 +80,8 @@ class NodeDiff:
         if self.tensors:
             same = len(self.tensors) - len(self.changed_tensors)
             lines.append(f"tensors: {len(self.changed_tensors)} differ, {same} equal")
-            for tensor in self.changed_tensors:
+            records = [t for t in self.changed_tensors if t.name.startswith(RESUME_PREFIX)]
+            for tensor in [t for t in self.changed_tensors if not t.name.startswith(RESUME_PREFIX)]:
                 shape = _shape(tensor.shape_a) if tensor.shape_a == tensor.shape_b else \
                     f"{_shape(tensor.shape_a)} -> {_shape(tensor.shape_b)}"
                 line = f"  {tensor.name}  {tensor.dtype} {shape}  {tensor.status}"
@@ -87,6 +90,9 @@ class NodeDiff:
                 if tensor.zeros_a is not None or tensor.zeros_b is not None:
                     line += f", zeros {_percent(tensor.zeros_a)} -> {_percent(tensor.zeros_b)}"
                 lines.append(line)
+            if records:
+                lines.append(f"  {RESUME_PREFIX}*  {len(records)} changed (Train's optimizer and random "
+                             "state, see .to_dict())")
         return "\n".join(lines)
 
 

@@ -17,6 +17,7 @@ import difflib
 import itertools
 import math
 import random as _random
+import warnings
 from collections.abc import Hashable
 from dataclasses import dataclass
 from typing import Any, Callable, Protocol, TypeVar, runtime_checkable
@@ -276,13 +277,16 @@ def halving(root, trials: Tagged[Any], *, evaluate, rungs, metric: str, keep: fl
     and ``rung:N``. The rule is stored with the experiment: ``exp.run()``
     applies it, ``exp.run(early_stopping=False)`` resumes stopped trials from
     their last stored rung, and calling ``halving`` again on the same trials
-    with a larger ``keep`` replaces it. A trained rung starts a fresh optimizer
-    (its state, e.g. Adam's moments, is not part of the model), so a chain of
-    rungs is close to, not the same as, one long run. ``from_root=True`` trains
-    every rung from ``root`` with the whole budget instead: the last rung is
-    then the full grid's own node (same id), so the winner is exactly what the
-    full grid would have found if it survived the earlier rungs, at the price
-    of training the early epochs again (stopped trials restart from the root).
+    with a larger ``keep`` replaces it. With the built-in ``Train`` a rung
+    continues the run of the rung before it (the optimizer's state, e.g. Adam's
+    moments, the shuffling and the random state go on), so a chain of rungs
+    trains as one long run does, bit for bit on the CPU: a trial that survives
+    to the last rung ends with the full grid's model. A training recipe of your
+    own continues only what it keeps in the state (the model), so its chain is
+    close to, not the same as, one long run. ``from_root=True`` trains every
+    rung from ``root`` with the whole budget instead: the last rung is then the
+    full grid's own node (same id), at the price of training the early epochs
+    again (stopped trials restart from the root).
 
     Returns the last evaluation of every trial (the training node itself when
     ``evaluate`` is a probe), in the order of ``trials``.
@@ -328,6 +332,8 @@ def _rung_sweep(kind, root, trials, evaluate, rungs, metric, direction, budget, 
         _check_names(type(recipe), [budget])
 
     experiment = root.experiment
+    if not from_root:
+        _warn_if_rungs_restart(experiment.state_class, trials)
     chains, leaves = [], []
     for tags, recipe in trials:
         chain, state, reached = [], root, 0
@@ -345,6 +351,18 @@ def _rung_sweep(kind, root, trials, evaluate, rungs, metric, direction, budget, 
         labels=[list(tags) for tags, _ in trials],
         probe=evaluate.name if isinstance(evaluate, Probe) else None))
     return leaves
+
+
+def _warn_if_rungs_restart(state_class, trials) -> None:
+    """Chained `Train` rungs continue one run only on a state that keeps `train_resume`."""
+    from .recipes._resume import ATTRIBUTE
+    from .recipes.train import Train
+
+    if ATTRIBUTE not in state_class.NONHASHED_ATTRIBUTES and any(isinstance(r, Train) for _, r in trials):
+        warnings.warn(f"{state_class.__name__}.NONHASHED_ATTRIBUTES has no {ATTRIBUTE!r}: each Train rung "
+                      f"will start a fresh optimizer instead of continuing the rung before it; add "
+                      f"{ATTRIBUTE!r} to it (as TorchState does) to train each chain as one run",
+                      stacklevel=4)
 
 
 def _with_budget(recipe, budget: str, amount: int):

@@ -28,6 +28,8 @@ class TorchState(ExperimentState):
     does not change the id; pass a version argument through `partial` if it
     should. `train_data` and `eval_data` are torch Datasets yielding
     `(input, target)` (a pair of tensors `(inputs, targets)` is accepted too).
+    `train_resume` is what `Train` keeps so that the next `Train` continues
+    its run (None until a node is trained).
 
     The root is built with torch, numpy and `random` seeded with `seed`; they are
     re-seeded before each of `data_fn()` and `model_fn()`, so the weights do not
@@ -38,7 +40,7 @@ class TorchState(ExperimentState):
     """
 
     PROPERTIES = ["model_fn", "data_fn", "seed"]
-    NONHASHED_ATTRIBUTES = ["model", "train_data", "eval_data"]
+    NONHASHED_ATTRIBUTES = ["model", "train_data", "eval_data", "train_resume"]
 
     def initialize_state(self, model_fn=None, data_fn=None, seed=0, **properties):
         name = type(self).__name__

@@ -160,3 +160,28 @@ def test_manifest_names_every_tensor_as_the_state_dict_does(tmp_path):
     assert half.numpy_dtype is None and half.itemsize == 2
     assert zero_fraction(_bytes(store, half), half) == pytest.approx(2 / 3)  # -0.0 is a zero
     assert zero_fraction(_bytes(store, by_name["table"]), by_name["table"]) == pytest.approx(0.5)
+
+
+def four_points():
+    x = torch.tensor([[0.0, 1.0], [1.0, 0.0], [1.0, 1.0], [0.0, 0.0]])
+    data = torch.utils.data.TensorDataset(x, torch.tensor([0, 1, 1, 0]))
+    return data, data
+
+
+def tiny_mlp():
+    return torch.nn.Sequential(torch.nn.Linear(2, 3), torch.nn.ReLU(), torch.nn.Linear(3, 2))
+
+
+def test_trains_record_is_one_line_of_the_printed_diff(tmp_path):
+    exp = abgraph.Experiment(tmp_path, state_class=abgraph.TorchState)
+    first = abgraph.Train(epochs=1, lr=0.1, optimizer="adam")(
+        exp.spawn_new_tree(model_fn=tiny_mlp, data_fn=four_points, seed=0))
+    second = abgraph.Train(epochs=1, lr=0.1, optimizer="adam")(first)
+    exp.run(executor=abgraph.SerialExecutor(), progress=False)
+    difference = exp.graph.node(first.id).diff(exp.graph.node(second.id))
+    recorded = [t.name for t in difference.changed_tensors if t.name.startswith("train_resume.")]
+    assert "train_resume.optimizer.state.0.exp_avg" in recorded  # all of it in .tensors and .to_dict()
+    lines = str(difference).splitlines()
+    assert [line for line in lines if "train_resume" in line] == [
+        f"  train_resume.*  {len(recorded)} changed (Train's optimizer and random state, see .to_dict())"]
+    assert any(line.startswith("  model.0.weight  float32 3x2  changed") for line in lines)

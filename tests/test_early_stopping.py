@@ -5,6 +5,7 @@ from their last stored rung."""
 from __future__ import annotations
 
 import sqlite3
+import warnings
 
 import pytest
 import torch
@@ -152,3 +153,53 @@ def test_from_root_trains_each_rung_from_the_root_so_the_last_is_the_full_grids_
     assert sorted(node.recipe.epochs for node in trains) == [1, 1, 5, 5]
     full = [ab.Evaluate(metrics=("accuracy",))(train(root)) for _, train in trials]
     assert [leaf.id for leaf in leaves] == [f.id for f in full]  # the full grid's own nodes
+
+
+def two_blobs():
+    """300 points in two Gaussian blobs, for training and evaluation."""
+    generator = torch.Generator().manual_seed(0)
+    x = torch.randn(300, 4, generator=generator)
+    y = (torch.arange(300) % 2).long()
+    data = torch.utils.data.TensorDataset(x + y[:, None].float(), y)
+    return data, data
+
+
+def small_mlp():
+    return torch.nn.Sequential(torch.nn.Linear(4, 16), torch.nn.ReLU(), torch.nn.Linear(16, 2))
+
+
+def test_chained_rungs_of_train_end_with_the_full_grids_model(tmp_path):
+    exp = ab.Experiment(tmp_path, state_class=ab.TorchState)
+    root = exp.spawn_new_tree(model_fn=small_mlp, data_fn=two_blobs, seed=0)
+    trials = sweep.grid(ab.Train, lr=[0.001, 0.01], optimizer="adam", epochs=4, batch_size=32)
+    leaves = sweep.halving(root, trials, evaluate=ab.Evaluate(metrics=("accuracy",)), rungs=[1, 4], keep=1 / 2,
+                           metric="accuracy")
+    full = [train(root) for _, train in trials]
+    report = exp.run(executor=ab.SerialExecutor(), progress=False)
+    assert report.ok and len(report.stopped) == 2, str(report)
+    graph = exp.graph
+    survivor = next(i for i, leaf in enumerate(leaves) if graph.node(leaf.id).status == "done")
+    last_rung = graph.node(graph.node(leaves[survivor].id).parent.id)
+    assert last_rung.metrics["total_epochs"] == 4
+    chained = last_rung.restore().model.state_dict()
+    whole = graph.node(full[survivor].id).restore().model.state_dict()
+    assert all(torch.equal(chained[name], whole[name]) for name in whole)
+
+
+class PlainState(ab.ExperimentState):
+    PROPERTIES = ["seed"]
+    NONHASHED_ATTRIBUTES = ["model", "train_data", "eval_data"]
+
+
+def test_halving_warns_when_its_train_rungs_cannot_continue_one_run(tmp_path):
+    trials = sweep.grid(ab.Train, lr=[0.1, 0.01], epochs=5)
+    good = dict(evaluate=ab.Evaluate(metrics=("accuracy",)), rungs=[1, 3], metric="accuracy")
+    plain = ab.Experiment(tmp_path / "plain", state_class=PlainState).spawn_new_tree(seed=0)
+    with pytest.warns(UserWarning, match="PlainState.NONHASHED_ATTRIBUTES has no 'train_resume'"):
+        sweep.halving(plain, trials, **good)
+    torch_root = ab.Experiment(tmp_path / "torch", state_class=ab.TorchState).spawn_new_tree(
+        model_fn=small_mlp, data_fn=two_blobs, seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sweep.halving(torch_root, trials, **good)
+        sweep.halving(plain, trials, from_root=True, **good)

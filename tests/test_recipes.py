@@ -165,6 +165,113 @@ def test_train_all_optimizers_and_losses(tmp_path):
         assert history[-1] < history[0], promise
 
 
+# -- a chain of Trains continues one run -------------------------------------------------
+
+def make_dropout_mlp():
+    return nn.Sequential(nn.Linear(64, 32), nn.ReLU(), nn.Dropout(0.3), nn.Linear(32, 10))
+
+
+small_digits = functools.partial(make_digits, n_train=300)
+CHAIN = dict(lr=0.01, batch_size=32, seed=3)
+
+
+class ForgetfulState(TorchState):
+    """Keeps no `train_resume`: every Train starts a fresh run (the behaviour before chains went on)."""
+    NONHASHED_ATTRIBUTES = ["model", "train_data", "eval_data"]
+
+
+class HalveFirstLayer(abgraph.Recipe):
+    """A user's recipe that changes the weights in place."""
+
+    def run(self, state):
+        with torch.no_grad():
+            state.model[0].weight.mul_(0.5)
+        return state
+
+
+def assert_same_weights(model, expected, what):
+    assert list(model.state_dict()) == list(expected.state_dict()), what
+    for name, value in expected.state_dict().items():
+        assert torch.equal(model.state_dict()[name], value), f"{what}: {name}"
+
+
+@pytest.mark.parametrize("optimizer", [dict(optimizer="adam"), dict(optimizer="sgd", momentum=0.9)])
+def test_chained_trains_continue_one_run(tmp_path, optimizer):
+    settings = dict(CHAIN, **optimizer)
+    exp = abgraph.Experiment(tmp_path, state_class=TorchState)
+    root = exp.spawn_new_tree(model_fn=make_dropout_mlp, data_fn=small_digits, seed=0)
+    whole = Train(epochs=5, **settings)(root)
+    first = Train(epochs=3, **settings)(root)
+    evaluated = Evaluate(metrics=("accuracy",))(first)
+    chained = {"Train(3) -> Train(2)": Train(epochs=2, **settings)(first),
+               "Train(3) -> Evaluate -> Train(2)": Train(epochs=2, **settings)(evaluated)}
+    assert exp.run(executor=serial(), progress=False).ok
+    graph = exp.graph
+    expected = graph.node(whole.id)
+    assert expected.metrics["total_epochs"] == 5
+    for what, promise in chained.items():
+        node = graph.node(promise.id)
+        assert_same_weights(restored(node), restored(expected), what)
+        assert node.metrics["loss_history"] == expected.metrics["loss_history"][3:], what
+        assert node.metrics["total_epochs"] == 5, what
+    # the record is payload, never a metric or a column
+    assert "train_resume" not in expected.metrics
+    assert not [c for c in exp.graph.to_dataframe().columns if "train_resume" in c]
+    assert graph.node(first.id).restore().train_resume["epochs"] == 3
+
+
+def test_a_chain_goes_on_from_stored_rungs_in_worker_processes(tmp_path):
+    exp = abgraph.Experiment(tmp_path, state_class=TorchState)
+    root = exp.spawn_new_tree(model_fn=make_dropout_mlp, data_fn=small_digits, seed=0)
+    settings = dict(CHAIN, optimizer="adam")
+    whole = Train(epochs=4, **settings)(root)
+    first = Train(epochs=1, **settings)(root)
+    assert exp.run(executor=serial(), progress=False).ok
+    again = abgraph.Experiment.restore(tmp_path, state_class=TorchState)  # a later session: from the store
+    tail = Train(epochs=3, **settings)(again.graph.node(first.id))
+    # bit for bit only with as many intra-op threads as the serial run had
+    assert again.run(executor=abgraph.ProcessExecutor(workers=1, threads=torch.get_num_threads()),
+                     progress=False).ok
+    assert_same_weights(restored(again.graph.node(tail.id)), restored(again.graph.node(whole.id)), "stored chain")
+    assert again.graph.node(tail.id).metrics["total_epochs"] == 4
+
+
+@pytest.mark.parametrize("between", ["prune", "user recipe", "other lr", "other optimizer"])
+def test_a_changed_model_or_setting_starts_a_fresh_run(tmp_path, between):
+    """After a weight change, or with another lr or optimizer, Train starts afresh: exactly
+    what the same graph gives on a state that keeps no record (every Train fresh)."""
+    settings = dict(CHAIN, optimizer="adam")
+    models = {}
+    for state_class in (TorchState, ForgetfulState):
+        exp = abgraph.Experiment(tmp_path / state_class.__name__, state_class=state_class)
+        root = exp.spawn_new_tree(model_fn=make_dropout_mlp, data_fn=small_digits, seed=0)
+        first = Train(epochs=3, **settings)(root)
+        if between.startswith("other"):
+            other = dict(lr=0.02) if between == "other lr" else dict(optimizer="sgd", momentum=0.9)
+            last = Train(epochs=2, **dict(settings, **other))(first)
+        else:
+            changed = Prune("l1_unstructured", 0.5)(first) if between == "prune" else HalveFirstLayer()(first)
+            last = Train(epochs=2, **settings)(changed)
+        assert exp.run(executor=serial(), progress=False).ok
+        node = exp.graph.node(last.id)
+        assert node.metrics["total_epochs"] == 2
+        models[state_class] = restored(node)
+    assert_same_weights(models[TorchState], models[ForgetfulState], between)
+
+
+def test_a_pruned_model_continues_its_run(tmp_path):
+    exp = abgraph.Experiment(tmp_path, state_class=TorchState)
+    root = exp.spawn_new_tree(model_fn=make_dropout_mlp, data_fn=small_digits, seed=0)
+    pruned = Prune("l1_unstructured", 0.5)(root)
+    settings = dict(CHAIN, optimizer="adam")
+    whole = Train(epochs=3, **settings)(pruned)
+    chained = Train(epochs=2, **settings)(Train(epochs=1, **settings)(pruned))
+    assert exp.run(executor=serial(), progress=False).ok
+    model = restored(exp.graph.node(chained.id))
+    assert_same_weights(model, restored(exp.graph.node(whole.id)), "pruned chain")
+    assert torch.all(model[0].weight[model[0].weight_mask == 0] == 0)
+
+
 # -- Evaluate ------------------------------------------------------------------------------
 
 def test_evaluate_multiclass_by_hand(tmp_path):
@@ -426,7 +533,7 @@ class PinnedTrain(Train):
 
 
 def test_builtin_versions_and_subclasses():
-    assert Train(1, 0.1).code_version() == "v:1"
+    assert Train(1, 0.1).code_version() == "v:2"
     assert Prune("l1_unstructured", 0.5).code_version() == "v:1"
     # a subclass without its own VERSION is versioned by its source, not by Train's VERSION
     loud = LoudTrain(1, 0.1).code_version()

@@ -4,7 +4,7 @@ from __future__ import annotations
 import torch
 
 from ..device import current_device
-from . import _torch
+from . import _resume, _torch
 
 OPTIMIZERS = ("sgd", "adam", "adamw", "rmsprop")
 LOSSES = ("cross_entropy", "mse", "bce")
@@ -26,13 +26,30 @@ class Train(_torch.BuiltinRecipe):
 
     Runs on `abgraph.current_device()` (the executor's device) and leaves the
     model on the CPU. Stores the mean loss of every epoch as the metric
-    `loss_history` (a list) and the last one as `train_loss`. Pruned models
-    train with their masks (the pruned weights stay zero).
+    `loss_history` (a list, this node's epochs), the last one as `train_loss`,
+    and the epochs of the run so far as `total_epochs`. Pruned models train
+    with their masks (the pruned weights stay zero).
+
+    A `Train` continues the run of the `Train` before it when it has the same
+    class and settings but `epochs`, and the model's weights (and masks) are as
+    that run left them, so that nodes that leave the model alone (`Evaluate`,
+    probes) may stand between: `Train(epochs=5)` then `Train(epochs=10)` trains
+    as `Train(epochs=15)` does, bit for bit on the CPU (the optimizer's state,
+    the shuffling and the random state go on; `total_epochs` is 15). Anything
+    else starts a fresh optimizer and reseeds, as a fine-tune should: another
+    lr or optimizer, or a Prune, Reinit, Rewind or recipe of yours that changed
+    the weights. For this each `Train` keeps the payload attribute
+    `train_resume` (`TorchState` declares it; a state class of yours that does
+    not list it in `NONHASHED_ATTRIBUTES` gets a fresh run at every `Train`).
+    It holds the optimizer's state, stored with every trained node: nothing for
+    plain SGD, one more copy of the weights for SGD with momentum and RMSprop,
+    two for Adam and AdamW (a trained node's payload is then three times its
+    model's size). `abgraph diff` sums it up in one line.
     """
 
     PROPERTIES = ["epochs", "lr", "optimizer", "momentum", "weight_decay", "batch_size", "loss", "seed"]
     REQUIRES = ("model", "train_data")
-    VERSION = "1"
+    VERSION = "2"  # 2: a chain of Trains continues one run
 
     def __init__(self, epochs, lr, optimizer="sgd", momentum=0.0, weight_decay=0.0, batch_size=64,
                  loss="cross_entropy", seed=0):
@@ -66,6 +83,8 @@ class Train(_torch.BuiltinRecipe):
         if len(dataset) == 0:
             raise ValueError("Train: state.train_data is empty")
         device = current_device()
+        keeps_record = _resume.ATTRIBUTE in type(state).NONHASHED_ATTRIBUTES
+        record = _resume.continued(getattr(state, _resume.ATTRIBUTE, None), self, model) if keeps_record else None
         history = []
         was_training = model.training
         with _torch.seeded(self.seed, device), _torch.on_device(model, device):
@@ -76,6 +95,8 @@ class Train(_torch.BuiltinRecipe):
             if not parameters:
                 raise ValueError("Train: state.model has no parameter that requires a gradient")
             optimizer = self.make_optimizer(parameters)
+            if record is not None and not _resume.restore(record, optimizer, generator, device):
+                record = None
             dtype = _torch.floating_dtype(model)
             model.train()
             for _ in range(self.epochs):
@@ -92,8 +113,13 @@ class Train(_torch.BuiltinRecipe):
                     count += size
                 history.append(total / count)
             model.train(was_training)
+            randomness = _resume.random_state(generator, device) if keeps_record else None
+        epochs = self.epochs + (record["epochs"] if record is not None else 0)
+        if keeps_record:
+            setattr(state, _resume.ATTRIBUTE, _resume.record(self, optimizer, randomness, epochs, model))
         state.metrics["loss_history"] = history
         state.metrics["train_loss"] = history[-1]
+        state.metrics["total_epochs"] = epochs
         return state
 
 
