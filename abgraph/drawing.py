@@ -31,6 +31,12 @@ _STATUS_STYLE = {
 _SCALE = ["#f7fbff", "#deebf7", "#c6dbef", "#9ecae1", "#6baed6", "#4292c6"]
 
 
+def _tail_color(fill) -> str:
+    """The grey of the id line, darker on the darker fills of the scale (grey on
+    mid blue is unreadable)."""
+    return "#262626" if fill in _SCALE[-2:] else "#666666"
+
+
 @dataclass
 class Group:
     """One drawn box: a node, or the replicas of one node over seeds."""
@@ -125,7 +131,7 @@ def default_label(node, metrics=(), shown=None) -> str:
     return _label(group, {group.id: group}, metrics, shown, over=None)
 
 
-def _label(group: Group, by_id: dict, metrics, shown_names, over) -> str:
+def _label(group: Group, by_id: dict, metrics, shown_names, over, tail_color="#666666") -> str:
     record = group.record
     name = record.recipe.rsplit(".", 1)[-1]
     shown = {k: v for k, v in _shown_values(record).items() if shown_names is None or k in shown_names}
@@ -146,7 +152,7 @@ def _label(group: Group, by_id: dict, metrics, shown_names, over) -> str:
                                        for s, n in sorted(counts.items())).upper() + "</B>")
     tail = record.id[:8] if len(group.members) == 1 else f"×{len(group.members)} · {record.id[:8]}"
     size = 10 if len(group.members) > 1 else 8
-    lines.append(f'<FONT POINT-SIZE="{size}" COLOR="#666666">{html.escape(printable(tail))}</FONT>')
+    lines.append(f'<FONT POINT-SIZE="{size}" COLOR="{tail_color}">{html.escape(printable(tail))}</FONT>')
     return "<" + "<BR/>".join(lines) + ">"
 
 
@@ -258,7 +264,8 @@ def to_dot(nodes, label=None, color_by=None, metrics=None, direction="TB", colla
         if label and len(group.members) == 1:
             text = label(group.members[0])
         else:
-            text = _label(group, by_id, metrics, shown.get(group.record.recipe), over)
+            text = _label(group, by_id, metrics, shown.get(group.record.recipe), over,
+                          tail_color=_tail_color(style.get("fillcolor")))
         dot.node(group.id, text, **style)
         for parent in group.parents:
             dot.edge(parent, group.id)

@@ -272,7 +272,10 @@ def test_repr_svg_for_notebooks(graph, ids):
 
 def test_color_by_a_metric_and_bad_drawing_requests(graph, tmp_path):
     colored = graph.draw(tmp_path / "colored", format="svg", color_by="loss")
-    assert "fill=\"#" in open(colored).read()
+    svg = open(colored).read()
+    assert "fill=\"#" in svg
+    # the id line stays readable on the darkest fill: near-black there, grey elsewhere
+    assert 'fill="#4292c6"' in svg and 'fill="#262626"' in svg and 'fill="#666666"' in svg
     with pytest.raises(ValueError, match="no_such_metric"):
         graph.draw(tmp_path / "x", format="svg", color_by="no_such_metric")
     with pytest.raises(ValueError, match="jpeg"):
