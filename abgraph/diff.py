@@ -256,9 +256,16 @@ def _name(label):
 
 
 def _short(value) -> str:
+    """A metric in one column: a list (a loss history) as its length, first and
+    last values; the whole of it is in `.to_dict()`."""
     if value is None:
         return "-"
-    return f"{value:.4g}" if isinstance(value, float) else str(value)
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    if isinstance(value, (list, tuple)) and len(value) > 3:
+        return f"[{len(value)}: {_short(value[0])} … {_short(value[-1])}]"
+    text = str(value)
+    return text if len(text) <= 40 else text[:39] + "…"
 
 
 def _shape(shape) -> str:

@@ -185,3 +185,15 @@ def test_trains_record_is_one_line_of_the_printed_diff(tmp_path):
     assert [line for line in lines if "train_resume" in line] == [
         f"  train_resume.*  {len(recorded)} changed (Train's optimizer and random state, see .to_dict())"]
     assert any(line.startswith("  model.0.weight  float32 3x2  changed") for line in lines)
+
+
+def test_a_list_metric_prints_as_its_length_and_ends(tmp_path):
+    exp = abgraph.Experiment(tmp_path, state_class=abgraph.TorchState)
+    root = exp.spawn_new_tree(model_fn=tiny_mlp, data_fn=four_points, seed=0)
+    short, long = abgraph.Train(epochs=2, lr=0.1)(root), abgraph.Train(epochs=5, lr=0.1)(root)
+    exp.run(executor=abgraph.SerialExecutor(), progress=False)
+    difference = exp.graph.node(short.id).diff(exp.graph.node(long.id))
+    history = exp.graph.node(long.id).metrics["loss_history"]
+    line = next(line for line in str(difference).splitlines() if "loss_history" in line)
+    assert f"[5: {history[0]:.4g} … {history[-1]:.4g}]" in line and len(line) < 80
+    assert difference.to_dict()["metrics"]["loss_history"][1] == history  # the whole list is kept
