@@ -108,7 +108,10 @@ class NodeSet(list):
 
     def to_dataframe(self):
         """One row per node: id, parents, depth, recipe, its properties, tags, metrics,
-        function results flattened as `name.key`, status, duration."""
+        function results flattened as `name.key`, status, duration. A name used
+        twice keeps both: a metric named like one of these columns becomes
+        `metric.name`, a state property named like a metric `property.name`, a
+        recipe property named like either `recipe.name`."""
         with collector_paused():
             return self._dataframe()
 
@@ -132,13 +135,17 @@ class NodeSet(list):
                 columns = settings[key] = _property_columns(record, measured)
             properties.append(columns)
             measures.append(_measure_columns(record) if record.results else record.metrics)
-        properties, measures = pandas.DataFrame(properties), pandas.DataFrame(measures)
-        properties = properties.drop(columns=[c for c in properties.columns if c in measures.columns])
         front = pandas.DataFrame({"id": [r.id for r in records], "parents": [list(r.parents) for r in records],
                                   "depth": [depths[r.id] for r in records],
                                   "recipe": [r.recipe.rsplit(".", 1)[-1] for r in records]})
-        back = pandas.DataFrame({"status": [r.status for r in records], "duration": [r.duration for r in records]})
         tags = pandas.DataFrame({"tags": [list(r.tags) for r in records]})
+        back = pandas.DataFrame({"status": [r.status for r in records], "duration": [r.duration for r in records]})
+        fixed = set(_FIXED_COLUMNS)
+        measures = pandas.DataFrame(measures)
+        measures.columns = [f"metric.{c}" if c in fixed else c for c in measures.columns]
+        properties = pandas.DataFrame(properties)
+        properties.columns = [f"property.{c}" if c in fixed or c in measures.columns else c
+                              for c in properties.columns]
         return pandas.concat([front, properties, tags, measures, back], axis=1)
 
     def draw(self, filename=None, format="pdf", label=None, color_by=None, metrics=None,
@@ -211,12 +218,15 @@ def parse_tag_pattern(pattern: str) -> list:
     return alternatives
 
 
+_FIXED_COLUMNS = ("id", "parents", "depth", "recipe", "tags", "status", "duration")  # every node has them
+
+
 def _property_columns(record, measured) -> dict:
     """State and recipe properties as table columns; a recipe property whose name a
     state property or a metric already uses becomes `recipe.name`."""
     columns = {k: readable(v) for k, v in record.properties.items()}
     for name, value in record.recipe_properties.items():
-        clash = name in record.properties or name in measured
+        clash = name in record.properties or name in measured or name in _FIXED_COLUMNS
         columns[f"recipe.{name}" if clash else name] = readable(value)
     return columns
 

@@ -121,6 +121,8 @@ def test_a_property_written_by_a_recipe_is_kept_queryable_and_inherited(tmp_path
     assert graph.node(root.id).properties == {"size": 3}
     frame = graph.to_dataframe().set_index("id")
     assert frame.loc[looked.id, "size"] == 5
+    # a name used twice keeps both: the property `size` beside the metric, the metric `id` beside the id
+    assert frame.loc[grown.id, "property.size"] == 5 and frame.loc[looked.id, "metric.id"] == looked.id
 
 
 def test_an_unset_payload_attribute_reads_none_and_a_recipe_sees_its_node_id(tmp_path):
