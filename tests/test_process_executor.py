@@ -259,6 +259,25 @@ def test_default_run_uses_worker_processes_for_main_classes(tmp_path):
         assert set(node.results) == {"mean_output"}
 
 
+def test_forked_workers_start_with_torchs_optimizer_imports_done(tmp_path):
+    """A process's first torch optimizer imports torch._dynamo (about a second);
+    the driver does it once before forking, so no worker pays it at its first Train."""
+    script = write_script(tmp_path, '''
+        class Warmth(ab.Recipe):
+            def run(self, state):
+                state.metrics["warm"] = "torch._dynamo" in sys.modules  # before any optimizer here
+                return state
+
+        exp = ab.Experiment(sys.argv[1], state_class=State)
+        Warmth()(exp.spawn_new_tree(seed=0))
+        finish(exp.run(ab.ProcessExecutor(workers=2, start="fork")))
+    ''')
+    result, _ = run_script(tmp_path, script, tmp_path / "exp")
+    assert result["ok"], result["text"]
+    warmth = [n for n in Experiment.restore(tmp_path / "exp").graph.nodes if "warm" in n.metrics]
+    assert [n.metrics["warm"] for n in warmth] == [True]
+
+
 def test_serial_and_process_give_same_ids_and_payload_digests(tmp_path):
     # The driver uses as many torch threads as each worker, so both compute the same floats.
     script = write_script(tmp_path, '''

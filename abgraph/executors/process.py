@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import atexit
+import functools
 import os
 import re
 import pickle
@@ -77,6 +78,17 @@ def can_fork(devices, threads) -> bool:
     import torch
     return (sys.platform.startswith("linux") and threads == 1 and all(d == "cpu" for d in devices)
             and not torch.cuda.is_initialized() and threading.active_count() == 1)
+
+
+@functools.cache
+def warm_for_forks() -> None:
+    """Import what torch imports at a process's first optimizer (`torch._dynamo`,
+    about a second) once in the driver, so that no forked worker pays it at its
+    first `Train`, in this run or the next."""
+    try:
+        import torch._dynamo  # noqa: F401
+    except Exception:  # noqa: BLE001 - an optional warm-up: a torch without it costs nothing here
+        pass
 
 
 class _Forked:
@@ -251,6 +263,7 @@ class ProcessExecutor(Executor):
         ours, theirs = socket.socketpair()
         fork = self.start == "fork" or (self.start == "auto" and can_fork(self.devices, self.threads))
         if fork:
+            warm_for_forks()
             worker.process = self._fork(ours, theirs)
         else:
             env = dict(os.environ, OMP_NUM_THREADS=str(self.threads), MKL_NUM_THREADS=str(self.threads))
