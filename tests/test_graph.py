@@ -311,3 +311,24 @@ def test_labels_show_property_values_as_written(tmp_path):
 
 def test_recipe_properties_read_back_as_written(graph, ids):
     assert graph.node(ids["prune:0.5"]).recipe.properties["layers"] in ({"fc1", "fc2"}, ("fc1", "fc2"))
+
+
+def test_what_a_paused_collector_built_goes_straight_to_the_oldest_generation():
+    """A restored graph lives for the session: its 100,000 nodes' objects must not be
+    walked by every young-generation collection that follows (a second at that size)."""
+    import gc
+
+    from abgraph.bulk import collector_paused
+    gc.collect()  # every generation empty: what follows does not depend on earlier tests
+    with collector_paused():
+        built = [[number] for number in range(1000)]
+    assert gc.isenabled()
+    oldest = {id(o) for o in gc.get_objects(generation=2)}
+    assert id(built) in oldest and id(built[-1]) in oldest
+    gc.disable()  # as the `abgraph` program runs: left off
+    try:
+        with collector_paused():
+            pass
+        assert not gc.isenabled()
+    finally:
+        gc.enable()
