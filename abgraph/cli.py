@@ -63,7 +63,7 @@ def _iso(seconds) -> str | None:
 
 def _fields(record) -> dict:
     hidden = ("blobs", "seq", "derived_from")  # derived_from is a run's, never stored
-    fields = {k: v for k, v in vars(record).items() if k not in hidden}
+    fields = {k: v for k, v in record.fields().items() if k not in hidden}
     fields.update({name: _iso(fields[name]) for name in RECORD_TIMES})
     fields["blobs"] = len(record.blobs)
     return fields

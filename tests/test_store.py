@@ -369,7 +369,7 @@ def test_the_fast_read_gives_the_records_the_checked_read_gives(study_run, tmp_p
 
 
 def _stored_fields(record) -> dict:
-    return {name: value for name, value in vars(record).items() if name != "derived_from"}  # a run's, never stored
+    return {name: value for name, value in record.fields().items() if name != "derived_from"}  # a run's, never stored
 
 
 def _links(index):

@@ -28,9 +28,10 @@ class NotAnExperiment(RuntimeError):
     """The folder is not an experiment, or one this version cannot read."""
 
 
-@dataclass
+@dataclass(slots=True)
 class NodeRecord:
-    """What the index knows of a node: everything but the payload itself."""
+    """What the index knows of a node: everything but the payload itself (slots:
+    100,000 of them read back would otherwise hold 100 MB of instance dicts)."""
 
     id: str
     parents: list = field(default_factory=list)
@@ -54,6 +55,10 @@ class NodeRecord:
     environment: dict = field(default_factory=dict)
     seq: int = 0
     derived_from: list = field(default_factory=list)  # parents' payloads it was computed from (not stored)
+
+    def fields(self) -> dict:
+        """Every field by name, values as they are (`asdict()` deep-copies: slow)."""
+        return {name: getattr(self, name) for name in self.__slots__}
 
 
 _SCHEMA = """
@@ -229,7 +234,7 @@ class Index:
                     if record.id not in results_only:
                         record = self._from_stored_parents(record)
                         seq += 1
-                        values = dict(vars(record), seq=seq)  # asdict() deep-copies: slow
+                        values = dict(record.fields(), seq=seq)
                         row = [(_dumps(values[c]) if c in _JSON_COLUMNS else values[c]) for c in _NODE_COLUMNS]
                         if not self.db.execute(upsert, row).rowcount:
                             continue  # done already: its results belong to the stored payload
@@ -346,17 +351,11 @@ class Index:
                 continue
             if type(measured) is not dict:
                 return None
-            record = NodeRecord.__new__(NodeRecord)
-            record.__dict__ = {
-                "id": node, "parents": parents.get(node, []), "recipe": recipe,
-                "recipe_properties": maps[recipe_properties], "recipe_version": recipe_version,
-                "properties": maps[properties], "state_class": state_class, "tags": tags.get(node, []),
-                "status": status, "error": error, "started": started, "finished": finished,
-                "duration": duration, "payload": payload, "attributes": lists[attributes],
-                "blobs": json.loads(blobs) if blobs != "[]" else [], "metrics": measured,
-                "results": results.get(node, {}), "result_versions": versions.get(node, {}),
-                "environment": maps[environment], "seq": seq, "derived_from": ()}
-            records.append(record)
+            records.append(NodeRecord(
+                node, parents.get(node, []), recipe, maps[recipe_properties], recipe_version, maps[properties],
+                state_class, tags.get(node, []), status, error, started, finished, duration, payload,
+                lists[attributes], json.loads(blobs) if blobs != "[]" else [], measured, results.get(node, {}),
+                versions.get(node, {}), maps[environment], seq, ()))
         return None if maps.odd or lists.odd else records
 
     def _read_checked(self, wanted, links) -> list[NodeRecord]:
@@ -370,9 +369,8 @@ class Index:
                 continue
             values = decode_row(row, self.path, decoded)
             node = values["id"]
-            record = NodeRecord(node, parents.get(node, []), tags=tags.get(node, []),
-                                results=results.get(node, {}), result_versions=versions.get(node, {}))
-            record.__dict__.update(values)
+            record = NodeRecord(**dict(values, parents=parents.get(node, []), tags=tags.get(node, []),
+                                       results=results.get(node, {}), result_versions=versions.get(node, {})))
             check_links(record, self.path)
             records.append(record)
         return records
