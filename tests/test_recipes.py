@@ -378,6 +378,26 @@ def test_random_pruning_is_seeded(study):
     # l1 ignores the seed: it is not part of its identity
     assert Prune("l1_unstructured", 0.5, seed=3).property_values() == Prune("l1_unstructured", 0.5).property_values()
     assert Prune("random_unstructured", 0.5, seed=3).property_values()["seed"] == 3
+    # only the random methods' nodes changed when their masks got their own stream
+    assert Prune("l1_unstructured", 0.5).code_version() == "v:1"
+    assert Prune("random_structured", 0.5).code_version() == "v:1+masks:2"
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_random_masks_are_not_the_initial_weights_order(tmp_path, seed):
+    """A root built with torch seeded with `seed`, pruned at random with the same
+    seed: were the masks drawn from torch.manual_seed(seed)'s stream, the first
+    layer's would prune exactly its largest initial weights."""
+    exp = abgraph.Experiment(tmp_path, state_class=TorchState)
+    root = exp.spawn_new_tree(model_fn=make_mlp, data_fn=make_digits, seed=seed)
+    pruned = Prune("random_unstructured", 0.5, seed=seed, targets="0")(root)
+    exp.run(executor=serial(), progress=False)
+    initial = exp.graph.node(root.id).restore().model[0].weight.detach().flatten()
+    mask = exp.graph.node(pruned.id).restore().model[0].weight_mask.flatten()
+    largest = set(torch.topk(initial, len(initial) // 2).indices.tolist())
+    removed = set((mask == 0).nonzero().flatten().tolist())
+    overlap = len(largest & removed) / len(removed)
+    assert 0.4 < overlap < 0.6, overlap  # as two random halves of 2,048 weights overlap; it was 1.0
 
 
 def test_make_permanent(study):

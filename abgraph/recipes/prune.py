@@ -9,6 +9,7 @@ fraction of what is still unpruned, so 0.5 then 0.5 leaves 25%).
 from __future__ import annotations
 
 import contextlib
+import hashlib
 
 import torch
 from torch.nn.utils import prune as torch_prune
@@ -36,7 +37,10 @@ class Prune(_torch.BuiltinRecipe):
     pruned), an int a count. `n` (ln_structured only: an int, `float("inf")`,
     "fro" or "nuc") and `dim` (structured methods only) follow torch; `seed`
     makes the random methods deterministic (it is ignored by the others and then
-    not part of the node's identity).
+    not part of the node's identity). The random masks come from a stream of
+    their own, not from `torch.manual_seed(seed)`'s, which built the model of a
+    root with the same seed: drawn from it, the first target's "random" mask
+    was its initial weights' own order, and pruned the largest of them.
 
     `targets`: None for every Linear and Conv weight; otherwise a name or a list of
     names, each either a parameter as in `model.named_parameters()` (e.g.
@@ -77,12 +81,18 @@ class Prune(_torch.BuiltinRecipe):
             del values["seed"]
         return values
 
+    def code_version(self) -> str:
+        """The random methods' nodes changed when their masks got a stream of their
+        own (their ids changed with them); the other methods' did not."""
+        version = super().code_version()
+        return f"{version}+masks:2" if self.method in RANDOM else version
+
     def run(self, state):
         model = _torch.model_of(state, "Prune")
         targets = resolve_targets(model, self.targets, "Prune")
         _torch.refresh_pruned(model)  # torch ranks by the `weight` attribute: make it current
         random = self.method in RANDOM
-        with _torch.seeded(self.seed) if random else contextlib.nullcontext():
+        with _torch.seeded(mask_seed(self.seed)) if random else contextlib.nullcontext():
             if self.method == "global_unstructured":
                 try:
                     torch_prune.global_unstructured([(module, name) for _, module, name in targets],
@@ -120,6 +130,13 @@ class Prune(_torch.BuiltinRecipe):
                 torch_prune.random_structured(module, name, amount=self.amount, dim=self.dim)
         except ValueError as error:
             raise ValueError(f"Prune: target {label!r} of shape {tuple(tensor.shape)}: {error}") from None
+
+
+def mask_seed(seed: int) -> int:
+    """The seed of the random masks for `Prune(seed=seed)`: one that no model was
+    built with by seeding torch with `seed`."""
+    digest = hashlib.blake2b(f"abgraph.Prune.masks:{seed}".encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "big") >> 1
 
 
 class MakePermanent(_torch.BuiltinRecipe):
