@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from .identity import printable, readable
+from .store.objects import write_atomically
 
 FORMATS = ("pdf", "svg", "png")
 A3_INCHES = (11.7, 16.5)
@@ -356,7 +357,11 @@ def draw(nodes, filename=None, format="pdf", label=None, color_by=None, metrics=
         if filename is None:
             return dot
         _warn_if_larger_than_a3(dot, size or layout_size(dot), len(nodes), collapse)
-        return dot.render(str(path), format=format, cleanup=True)
+        # rendered in memory: graphviz's render() would write its dot source to `path`
+        # (without the suffix) and delete it, taking a file of that name with it
+        drawn = path.with_name(f"{path.name}.{format}")
+        write_atomically(drawn, dot.pipe(format=format))
+        return str(drawn)
     except graphviz.ExecutableNotFound as error:
         raise RuntimeError("drawing needs the graphviz `dot` program: install it with "
                            "`apt-get install graphviz` (Debian/Ubuntu), `brew install graphviz` "

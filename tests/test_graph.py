@@ -332,3 +332,15 @@ def test_what_a_paused_collector_built_goes_straight_to_the_oldest_generation():
         assert not gc.isenabled()
     finally:
         gc.enable()
+
+
+def test_drawing_leaves_a_file_named_like_the_output_alone(graph, tmp_path):
+    """graphviz's render() writes its source to `graph` beside `graph.pdf` and deletes
+    it: a user's file (or folder) of that name must survive a drawing."""
+    (tmp_path / "graph").write_text("my notes")
+    (tmp_path / "figure").mkdir()
+    drawn = graph.draw(tmp_path / "graph", format="svg")
+    assert drawn == str(tmp_path / "graph.svg") and "<svg" in (tmp_path / "graph.svg").read_text()
+    assert (tmp_path / "graph").read_text() == "my notes"
+    assert graph.draw(tmp_path / "figure.png").endswith("figure.png") and (tmp_path / "figure").is_dir()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["figure", "figure.png", "graph", "graph.svg"]

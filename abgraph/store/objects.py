@@ -287,9 +287,7 @@ class ObjectStore:
     def _put_file(self, name: str, data: bytes) -> None:
         path = self.root / name
         path.parent.mkdir(parents=True, exist_ok=True)
-        temporary = path.parent / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"
-        temporary.write_bytes(data)
-        os.replace(temporary, path)
+        write_atomically(path, data)
 
     def _files(self, folder: str) -> list:
         if (self.root / folder).is_symlink():
@@ -482,3 +480,15 @@ def open_store(location, storage_options: dict | None = None, create: bool = Tru
     if storage_options:
         raise ValueError(f"storage_options are for fsspec URLs, and {location} is a folder")
     return ObjectStore(location, create)
+
+
+def write_atomically(path: Path, data: bytes) -> None:
+    """`path` holds the whole of `data` or what it held before, whatever kills the
+    writer: a temporary name in the same folder, then a rename over `path`."""
+    temporary = path.parent / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"
+    try:
+        temporary.write_bytes(data)
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
