@@ -80,11 +80,17 @@ def _shown(value) -> str:
 
 
 def cmd_show(args):
-    fields = _fields(_open(args.directory).graph.node(args.id)._ab_record)
+    from .report import last_line
+    from .state import failed_functions
+    record = _open(args.directory).graph.node(args.id)._ab_record
+    fields = _fields(record)
     if args.json:
         print(json.dumps(fields, indent=2, default=str))
         return
     error = fields.pop("error")
+    raised = failed_functions(record)  # each on one line here, its traceback at the end
+    fields["results"] = {name: f"raised {last_line(raised[name])}" if name in raised else value
+                         for name, value in fields["results"].items()}
     if fields["duration"] is not None:
         fields["duration"] = f"{fields['duration']:.3f} s"
     nested = [len(k) + 2 for value in fields.values() if isinstance(value, dict) for k in value]
@@ -98,6 +104,8 @@ def cmd_show(args):
             print(f"{name:{width}}  {_shown(', '.join(value)) if isinstance(value, list) else _shown(value)}")
     if error:
         print(f"\nerror:\n{error.rstrip()}")
+    for name, traceback in raised.items():
+        print(f"\nfunction {name} raised:\n{traceback.rstrip()}")
 
 
 def cmd_draw(args):

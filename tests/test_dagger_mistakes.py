@@ -157,6 +157,9 @@ def test_a_failing_probe_records_its_error_and_blocks_nothing(tmp_path):
     assert "this evaluation is broken" in row["fragile.error"]
     shown = run_cli("show", tmp_path / "exp", trained.id[:10])
     assert shown.returncode == 0 and "this evaluation is broken" in shown.stdout, shown.stdout + shown.stderr
+    # the results line says it raised; the traceback follows as lines, not one escaped string
+    assert "raised ValueError: this evaluation is broken" in shown.stdout and "\\n" not in shown.stdout
+    assert "function fragile raised:\nTraceback (most recent call last):" in shown.stdout
     rerun = exp.run(raise_on_failure=False)  # the failed probe runs again (it may have been fixed); the rest is cached
     assert rerun.executed == [trained.id] and list(rerun.probe_errors) == [trained.id]
     assert records_by_id(tmp_path / "exp")[trained.id].payload == node._ab_record.payload
