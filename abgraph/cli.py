@@ -121,6 +121,7 @@ def cmd_report(args):
         return cmd_report_html(args)
     import pandas
 
+    from .diff import brief
     from .identity import printable
     frame = _open(args.directory).graph.to_dataframe()
     fixed = {"id", "parents", "depth", "recipe", "tags", "status", "duration"}
@@ -128,6 +129,8 @@ def cmd_report(args):
     frame["tags"] = frame["tags"].map(",".join)
     for column in frame.columns:  # stored text reaches the terminal as text, never as escapes
         frame[column] = frame[column].map(lambda v: printable(v) if isinstance(v, str) else v)
+        frame[column] = frame[column].map(  # a loss history in one cell, not a thousand characters
+            lambda v: printable(brief(v)) if isinstance(v, (list, tuple, dict)) else v)
     wanted = ["id", "recipe", "tags", "status"] + [c for c in frame.columns if c not in fixed]
     with pandas.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
         print(frame[wanted].to_string(index=False))

@@ -75,7 +75,7 @@ class NodeDiff:
             lines.append("metrics:")
             width = max(len(name) for name in self.metrics)
             for name, (left, right, delta) in self.metrics.items():
-                shown = f"{_short(left):>12} {_short(right):>12}"
+                shown = f"{brief(left):>12} {brief(right):>12}"
                 lines.append(f"  {name:{width}}  {shown}" + (f"  {delta:+.4g}" if delta is not None else ""))
         if self.tensors:
             same = len(self.tensors) - len(self.changed_tensors)
@@ -255,7 +255,7 @@ def _name(label):
     return (label or "").split("(", 1)[0]
 
 
-def _short(value) -> str:
+def brief(value) -> str:
     """A metric in one column: a list (a loss history) as its length, first and
     last values; the whole of it is in `.to_dict()`."""
     if value is None:
@@ -263,7 +263,7 @@ def _short(value) -> str:
     if isinstance(value, float):
         return f"{value:.4g}"
     if isinstance(value, (list, tuple)) and len(value) > 3:
-        return f"[{len(value)}: {_short(value[0])} … {_short(value[-1])}]"
+        return f"[{len(value)}: {brief(value[0])} … {brief(value[-1])}]"
     text = str(value)
     return text if len(text) <= 40 else text[:39] + "…"
 
