@@ -36,6 +36,9 @@
       const text = value.toPrecision(4);
       return text.includes(".") && !text.includes("e") ? text.replace(/\.?0+$/, "") : text;
     }
+    if (Array.isArray(value) && value.length > 3)  // a loss history: its length and ends, as `abgraph diff`
+      return "[" + value.length + ": " + show(value[0]) + " … " + show(value[value.length - 1]) + "]";
+    if (Array.isArray(value)) return "[" + value.map(show).join(", ") + "]";
     return typeof value === "object" ? JSON.stringify(value) : String(value);
   }
   function label(i) {
