@@ -184,7 +184,7 @@ def measure(work: Path, nodes: int, browser: bool) -> dict:
     assert {n.id for n in selected} == {n.id for n in expected} and selected
     figure("tag filter", t, t_naive, f"(fnmatch per node; {len(selected):,} hits)")
 
-    records = [vars(n._ab_record) for n in graph.nodes]
+    records = [n._ab_record.fields() for n in graph.nodes]
     t_naive, _ = timed(pandas.json_normalize, records)
     graph._depth.clear()
     t, frame = timed(graph.to_dataframe)
