@@ -314,8 +314,11 @@ class Index:
     def _read_records(self, ids) -> list[NodeRecord]:
         wanted = set(ids) if ids is not None else None
         parents: dict[str, list] = {}
-        for child, _, parent in self._query("SELECT child, position, parent FROM edges ORDER BY child, position"):
-            parents.setdefault(child, []).append(parent)
+        by_position: dict[str, list] = {}  # in the table's order (a scan, not an index walk)
+        for child, position, parent in self._query("SELECT child, position, parent FROM edges"):
+            by_position.setdefault(child, []).append((position, parent))
+        for child, edges in by_position.items():
+            parents[child] = [parent for _, parent in (sorted(edges) if len(edges) > 1 else edges)]
         tags: dict[str, list] = {}
         for node, tag in self._query("SELECT node, tag FROM tags ORDER BY rowid"):
             tags.setdefault(node, []).append(tag)
