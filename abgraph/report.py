@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 @dataclass
 class RunReport:
     executed: list = field(default_factory=list)
+    probed: list = field(default_factory=list)    # of `executed`: stored nodes whose functions only ran
     cached: list = field(default_factory=list)
     failed: list = field(default_factory=list)
     blocked: list = field(default_factory=list)
@@ -31,7 +32,9 @@ class RunReport:
         printer.text(str(self))
 
     def __str__(self):
-        line = (f"{len(self.executed)} executed, {len(self.cached)} cached, {len(self.failed)} failed, "
+        probed = f" ({len(self.probed)} for {'its' if len(self.probed) == 1 else 'their'} functions only)" \
+            if self.probed else ""
+        line = (f"{len(self.executed)} executed{probed}, {len(self.cached)} cached, {len(self.failed)} failed, "
                 f"{len(self.blocked)} blocked")
         if self.stopped:
             line += f", {len(self.stopped)} stopped"

@@ -155,6 +155,7 @@ class RunLoop:
     def _final_report(self, elapsed) -> RunReport:
         report, plan = self.report, self.plan
         report.executed, report.failed = list(plan.executed), list(plan.failed)
+        report.probed = [n for n in plan.executed if plan.kinds[n] == scheduler.PROBE]
         report.blocked, report.stopped = list(plan.blocked), list(plan.stopped)
         report.not_run = scheduler.unfinished(plan)
         report.elapsed = elapsed

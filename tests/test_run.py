@@ -250,7 +250,8 @@ def test_a_new_probe_on_a_stored_node_runs_only_the_probe(study, tmp_path):
     exp, nodes = study.build(tmp_path)
     loss_probe(nodes["train:0.5"])
     report = exp.run(executor=serial())
-    assert report.executed == [nodes["train:0.5"].id]
+    assert report.executed == report.probed == [nodes["train:0.5"].id]
+    assert str(report).startswith("1 executed (1 for its functions only), 4 cached")
     assert len(report.cached) == 4
     assert study.CALLS["Train"] == before["Train"] and study.CALLS["Prune"] == before["Prune"]
     node = graph_of(tmp_path).node(nodes["train:0.5"].id)
