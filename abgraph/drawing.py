@@ -251,7 +251,7 @@ def to_dot(nodes, label=None, color_by=None, metrics=None, direction="TB", colla
     over = collapse or None
     groups = group_replicas(nodes, over)
     by_id = {group.id: group for group in groups}
-    colors = _colors(groups, color_by) if color_by else {}
+    colors, scale = _colors(groups, color_by) if color_by else ({}, "")
     shown = distinguishing([g.members[0] for g in groups], over)
     dot = graphviz.Digraph("experiment", graph_attr={"rankdir": direction, "nodesep": "0.15", "ranksep": "0.22",
                                                      "fontname": "Helvetica", "fontsize": "10"},
@@ -270,9 +270,9 @@ def to_dot(nodes, label=None, color_by=None, metrics=None, direction="TB", colla
         dot.node(group.id, text, **style)
         for parent in group.parents:
             dot.edge(parent, group.id)
-    caption = collapsed_caption(groups, over)
-    if caption:
-        dot.attr(label=caption, labelloc="b", labeljust="l")
+    caption = [line for line in (collapsed_caption(groups, over), scale) if line]
+    if caption:  # `\l`: each line left-justified
+        dot.attr(label="\\l".join(caption) + "\\l", labelloc="b", labeljust="l")
     return dot
 
 
@@ -297,7 +297,8 @@ def _over_value(node, over):
     return next((t.partition(":")[2] for t in record.tags if _is_over_tag(t, over)), None)
 
 
-def _colors(groups, metric) -> dict:
+def _colors(groups, metric) -> tuple[dict, str]:
+    """Each group's fill on the scale, and the caption line that reads it."""
     values = {}
     for group in groups:
         numbers = [measured(m._ab_record, metric) for m in group.members]
@@ -309,7 +310,9 @@ def _colors(groups, metric) -> dict:
         raise ValueError(f"no node has a numeric {metric!r}; metrics and results here: {measurable(nodes)}")
     low, high = min(values.values()), max(values.values())
     span = (high - low) or 1.0
-    return {k: _SCALE[min(len(_SCALE) - 1, int((v - low) / span * len(_SCALE)))] for k, v in values.items()}
+    fills = {k: _SCALE[min(len(_SCALE) - 1, int((v - low) / span * len(_SCALE)))] for k, v in values.items()}
+    return fills, (f"fill: {printable(metric)} (mean of a box) from {low:.4g}, lightest, to {high:.4g}, "
+                   f"darkest, in {len(_SCALE)} steps; white: not measured")
 
 
 def layout_size(dot) -> tuple[float, float]:

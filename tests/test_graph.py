@@ -276,6 +276,7 @@ def test_color_by_a_metric_and_bad_drawing_requests(graph, tmp_path):
     assert "fill=\"#" in svg
     # the id line stays readable on the darkest fill: near-black there, grey elsewhere
     assert 'fill="#4292c6"' in svg and 'fill="#262626"' in svg and 'fill="#666666"' in svg
+    assert "fill: loss (mean of a box) from " in svg and "white: not measured" in svg  # the legend
     with pytest.raises(ValueError, match="no_such_metric"):
         graph.draw(tmp_path / "x", format="svg", color_by="no_such_metric")
     with pytest.raises(ValueError, match="jpeg"):
