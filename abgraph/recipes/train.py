@@ -38,7 +38,9 @@ class Train(_torch.BuiltinRecipe):
     the shuffling and the random state go on; `total_epochs` is 15). Anything
     else starts a fresh optimizer and reseeds, as a fine-tune should: another
     lr or optimizer, or a Prune, Reinit, Rewind or recipe of yours that changed
-    the weights. For this each `Train` keeps the payload attribute
+    the weights. The data are not checked: a recipe between two `Train`s that
+    changes only `train_data` (an `AblateFeature`, say) leaves the run going on,
+    on the new data. For this each `Train` keeps the payload attribute
     `train_resume` (`TorchState` declares it; a state class of yours that does
     not list it in `NONHASHED_ATTRIBUTES` gets a fresh run at every `Train`).
     It holds the optimizer's state, stored with every trained node: nothing for
