@@ -378,3 +378,26 @@ def _links(index):
     return ({r.id: r.parents for r in records if r.parents}, {r.id: r.tags for r in records if r.tags},
             {r.id: r.results for r in records if r.results},
             {r.id: r.result_versions for r in records if r.result_versions})
+
+
+def test_records_are_read_from_one_snapshot(study_run, tmp_path):
+    """A worker browses the index while the driver writes it: a node committed between
+    two of the reads (edges, then nodes) must not come back without its parents."""
+    from abgraph.store import Index
+    folder = tmp_path / "copy"
+    folder.mkdir()
+    writer = Index(folder, create=True)
+    stored = Index(study_run.directory).records()
+    writer.write(stored[:2])
+    reader, late = Index(folder), stored[2]
+    reads = reader._query
+
+    def write_between(sql, parameters=()):
+        rows = reads(sql, parameters)
+        if "FROM edges" in sql:
+            writer.write([late])  # committed by another connection after the edges were read
+        return rows
+    reader._query = write_between
+    seen = {record.id: record.parents for record in reader.records()}
+    assert late.id not in seen or seen[late.id] == late.parents
+    assert {r.id for r in Index(folder).records()} == {r.id for r in stored[:3]}  # it was written

@@ -308,8 +308,14 @@ class Index:
         JSON values (a sweep's repeated properties) are decoded once and shared:
         records read back are for reading. A row abgraph never writes (a crafted
         or damaged index) raises `DamagedIndex`."""
-        with collector_paused():
-            return self._read_records(ids)
+        with collector_paused(), self._lock:
+            # one read transaction: nodes, edges and tags from one snapshot, or a
+            # node committed between two of the reads would come without its parents
+            self.db.execute("BEGIN")
+            try:
+                return self._read_records(ids)
+            finally:
+                self.db.execute("COMMIT")
 
     def _read_records(self, ids) -> list[NodeRecord]:
         wanted = set(ids) if ids is not None else None
