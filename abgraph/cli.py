@@ -127,10 +127,12 @@ def cmd_report(args):
     fixed = {"id", "parents", "depth", "recipe", "tags", "status", "duration"}
     frame["id"] = frame["id"].str[:12]
     frame["tags"] = frame["tags"].map(",".join)
-    for column in frame.columns:  # stored text reaches the terminal as text, never as escapes
-        frame[column] = frame[column].map(lambda v: printable(v) if isinstance(v, str) else v)
-        frame[column] = frame[column].map(  # a loss history in one cell, not a thousand characters
-            lambda v: printable(brief(v)) if isinstance(v, (list, tuple, dict)) else v)
+
+    def cell(value):  # a loss history in brief; stored text as text, never as escapes
+        value = brief(value) if isinstance(value, (list, tuple, dict)) else value
+        return printable(value) if isinstance(value, str) else value
+    for column in frame.columns:
+        frame[column] = frame[column].map(cell)
     wanted = ["id", "recipe", "tags", "status"] + [c for c in frame.columns if c not in fixed]
     with pandas.option_context("display.max_rows", None, "display.max_columns", None, "display.width", 200):
         print(frame[wanted].to_string(index=False))

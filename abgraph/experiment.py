@@ -277,8 +277,9 @@ class Experiment:
             raise TypeError(f"exp.root takes a root promise, a stored root or a state made by hand, "
                             f"not {type(state).__name__}")
         known = self._nodes.get(node_id)
-        stored = self.graph.node(node_id) if node_id in self.graph else None
-        if (known.parents if known else stored is None or stored._ab_record.parents):
+        stored = self.graph.node(node_id) if known is None and node_id in self.graph else None
+        parents = known.parents if known else stored._ab_record.parents if stored else None
+        if parents is None or parents:
             raise ValueError(f"node {node_id[:12]} is not a root of {self.directory}; its roots are "
                              f"{[n[:12] for n in self._roots] or [n.id[:12] for n in self.graph.roots]}")
         self._root_choice, self._root_object = node_id, None

@@ -318,7 +318,6 @@ class ExperimentGraph:
         self.experiment = experiment
         self._by_id = {}
         self._children: dict[str, list] = {}
-        children = self._children
         readable_properties: dict = {}  # a sweep's records share their property dicts: convert each once
         for record in records:
             properties = readable_properties.get(id(record.properties))
@@ -329,10 +328,7 @@ class ExperimentGraph:
                                        experiment=experiment)
             self._by_id[record.id] = node
             for parent in record.parents:
-                if parent in children:
-                    children[parent].append(record.id)
-                else:
-                    children[parent] = [record.id]
+                self._children.setdefault(parent, []).append(record.id)
         self._depth: dict[str, int] = {}
 
     @cached_property

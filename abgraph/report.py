@@ -67,8 +67,8 @@ class RunReport:
         if self.not_run:
             lines.append("  run again to finish: what is stored is not computed twice")
         if self.probe_errors:
-            (node_id, errors), = list(self.probe_errors.items())[:1]
-            (name, error), = list(errors.items())[:1]
+            node_id, errors = next(iter(self.probe_errors.items()))
+            name, error = next(iter(errors.items()))
             count = sum(map(len, self.probe_errors.values()))
             lines.append(f"abgraph: {plural(count, 'function')} raised on {plural(len(self.probe_errors), 'node')}"
                          "; the nodes are done and stored, the functions run again next time")

@@ -319,12 +319,10 @@ class Index:
 
     def _read_records(self, ids) -> list[NodeRecord]:
         wanted = set(ids) if ids is not None else None
-        parents: dict[str, list] = {}
-        by_position: dict[str, list] = {}  # in the table's order (a scan, not an index walk)
+        edges: dict[str, list] = {}  # in the table's order (a scan, not an index walk), sorted below
         for child, position, parent in self._query("SELECT child, position, parent FROM edges"):
-            by_position.setdefault(child, []).append((position, parent))
-        for child, edges in by_position.items():
-            parents[child] = [parent for _, parent in (sorted(edges) if len(edges) > 1 else edges)]
+            edges.setdefault(child, []).append((position, parent))
+        parents = {child: [parent for _, parent in sorted(pairs)] for child, pairs in edges.items()}
         tags: dict[str, list] = {}
         for node, tag in self._query("SELECT node, tag FROM tags ORDER BY rowid"):
             tags.setdefault(node, []).append(tag)

@@ -240,23 +240,18 @@ class ObjectStore:
         return os.fdopen(fd, "rb")
 
     def _write(self, digest: str, data) -> None:
-        """Write to a temporary name in the same folder, then rename: readers see
-        the whole blob or none of it, whatever kills the writer."""
+        """Readers see the whole blob or none of it, whatever kills the writer."""
         path = self.path(digest)
         if self._folder(digest) not in self._folders:
             path.parent.mkdir(exist_ok=True)
             self._folders.add(self._folder(digest))
-        temporary = path.parent / f".tmp-{os.getpid()}-{uuid.uuid4().hex}"
         try:
-            with open(temporary, "wb") as handle:
-                handle.write(data)
-            os.replace(temporary, path)
+            write_atomically(path, data)
         except FileNotFoundError:  # the folder was removed since: make it again
             self._folders.discard(self._folder(digest))
             self._write(digest, data)
-        except BaseException as error:
-            temporary.unlink(missing_ok=True)
-            if isinstance(error, OSError) and error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
+        except OSError as error:
+            if error.errno in (errno.ENOSPC, errno.EDQUOT, errno.EFBIG):
                 raise DiskFull(f"disk full: cannot write a blob of {len(data)} bytes to {self.location} "
                                f"({error.strerror}); rerun when space is freed") from None
             raise
