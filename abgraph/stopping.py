@@ -90,7 +90,9 @@ class StoppingRule:
             raise KeyError(f"the evaluation {record.id[:12]} has no metric {self.metric!r} "
                            f"(it has {known}); give halving() a metric= its evaluation writes")
         value = float(source[self.metric])
-        return -math.inf if math.isnan(value) else value
+        if math.isnan(value):  # a diverged run ranks last, whichever the direction
+            return -math.inf if self.direction == "max" else math.inf
+        return value
 
     def losers(self, scored: dict) -> tuple:
         """The trials to stop among `scored` (trial -> value), and why, in words."""

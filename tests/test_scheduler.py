@@ -148,6 +148,14 @@ def test_a_failed_evaluation_drops_its_trial_but_not_the_others():
     assert "t0r1" in plan.executed  # a failed evaluation blocks nothing but itself
 
 
+def test_a_diverged_trial_ranks_last_whichever_the_direction():
+    for direction in ("max", "min"):
+        plan, rule = rung_plan(keep=0.5)
+        rule.direction = direction
+        run_rule(plan, rule, {"e0r0": float("nan"), "e1r0": 0.5, "e2r0": 0.7})
+        assert {"t0r1", "e0r1"} <= set(plan.stopped), direction
+
+
 def test_gating_a_node_twice_on_the_same_nodes_opens_it_once():
     plan = chain_plan()
     scheduler.gate(plan, "b", ["c"])
