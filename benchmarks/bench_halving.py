@@ -2,7 +2,7 @@
 """Successive halving against the full grid on the optimizer study (issue 15, "Measure" a).
 
     python benchmarks/bench_halving.py            # seed 0, the example's 21 settings, 70 epochs
-    python benchmarks/bench_halving.py --seed 1
+    python benchmarks/bench_halving.py --seed 1 --repeat 5
 
 The study of `examples/optimizer_study.py` (SGD, SGD+momentum and Adam, each at
 7 learning rates: 21 settings, 70 epochs of `Train` then `Evaluate`) is run
@@ -21,11 +21,14 @@ The driver's one-off warm-up before it first forks workers (`warm_for_forks`: th
 imports of torch's first optimizer, about a second) is done before either run, as
 in a session that has run once. "others" is the CPU that processes outside this
 benchmark used meanwhile (the machine may be shared): wall-time ratios taken
-while others ran are noisy.
+while others ran are noisy. The three runs go in rounds (`--repeat`, 3 by
+default) and the median wall-time ratio counts: the same full grid takes 11 to
+17 s on this machine from one minute to the next.
 """
 from __future__ import annotations
 
 import argparse
+import statistics
 import sys
 import tempfile
 from pathlib import Path
@@ -95,29 +98,43 @@ def measure(build, seed):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--seed", type=int, default=0)
-    seed = parser.parse_args().seed
+    parser.add_argument("--repeat", type=int, default=3, help="rounds of the three runs (the median ratio counts)")
+    args = parser.parse_args()
     warm_for_forks()  # the driver's one-off torch warm-up, paid by neither measured run
-    full = measure(full_grid, seed)
-    halved = measure(halving_sweep, seed)
-    rooted = measure(lambda exp, root, seed: halving_sweep(exp, root, seed, from_root=True), seed)
-    print(f"{'full grid':36} {full['epochs']:5} epochs {full['seconds']:6.1f} s "
-          f"(others {full['others']:.2f} cores)  [{full['report']}]")
-    print(f"{'':36} best F1: {', '.join(f'{s} {f1:.3f}' for s, f1 in full['top'])}")
-    passed = True
-    for label, run in ((f"halving {RUNGS}, keep 1/3 (chained)", halved),
-                       (f"halving {RUNGS}, keep 1/3, from_root", rooted)):
-        ratios = run["epochs"] / full["epochs"], run["seconds"] / full["seconds"]
-        same = run["best"] == full["best"]
-        ok = same and max(ratios) <= TARGET_RATIO
-        passed &= ok
-        print(f"{label:36} {run['epochs']:5} epochs {run['seconds']:6.1f} s "
-              f"(others {run['others']:.2f} cores)  [{run['report']}]")
-        print(f"{'':36} best F1: {', '.join(f'{s} {f1:.3f}' for s, f1 in run['top'])}")
-        same_f1 = sum(full["scores"][setting] == f1 for setting, f1 in run["scores"].items())
-        print(f"{'':36} same F1 as the full grid for the same setting: {same_f1} of the "
-              f"{len(run['scores'])} finished trials")
-        print(f"{'':36} epochs {ratios[0]:.3f}x, wall time {ratios[1]:.3f}x the full grid (target <= "
-              f"{TARGET_RATIO}); best setting {'the same' if same else 'DIFFERENT'}  {'PASS' if ok else 'FAIL'}")
+    halvings = {f"halving {RUNGS}, keep 1/3 (chained)": halving_sweep,
+                f"halving {RUNGS}, keep 1/3, from_root":
+                    lambda exp, root, seed: halving_sweep(exp, root, seed, from_root=True)}
+    ratios = {label: [] for label in halvings}
+    right = dict.fromkeys(halvings, True)  # same best setting and epochs within target, every round
+    for round_ in range(1, args.repeat + 1):
+        full = measure(full_grid, args.seed)
+        print(f"round {round_}: {'full grid':36} {full['epochs']:5} epochs {full['seconds']:6.1f} s "
+              f"(others {full['others']:.2f} cores)  [{full['report']}]")
+        print(f"{'':46} best F1: {', '.join(f'{s} {f1:.3f}' for s, f1 in full['top'])}")
+        for label, build in halvings.items():
+            run = measure(build, args.seed)
+            epochs, wall = run["epochs"] / full["epochs"], run["seconds"] / full["seconds"]
+            ratios[label].append(wall)
+            same = run["best"] == full["best"]
+            right[label] &= same and epochs <= TARGET_RATIO
+            same_f1 = sum(full["scores"][setting] == f1 for setting, f1 in run["scores"].items())
+            print(f"{'':9}{label:36} {run['epochs']:5} epochs {run['seconds']:6.1f} s "
+                  f"(others {run['others']:.2f} cores)  [{run['report']}]")
+            print(f"{'':46} best F1: {', '.join(f'{s} {f1:.3f}' for s, f1 in run['top'])}")
+            print(f"{'':46} same F1 as the full grid for the same setting: {same_f1} of the "
+                  f"{len(run['scores'])} finished trials")
+            print(f"{'':46} epochs {epochs:.3f}x, wall time {wall:.3f}x the full grid; best setting "
+                  f"{'the same' if same else 'DIFFERENT'}")
+    print()
+    verdicts = {}
+    for label, walls in ratios.items():
+        median = statistics.median(walls)
+        verdicts[label] = right[label] and median <= TARGET_RATIO
+        print(f"{label:36}  wall time {median:.3f}x the full grid, the median of "
+              f"{', '.join(f'{w:.3f}x' for w in walls)}; epochs and best setting "
+              f"{'as required' if right[label] else 'NOT as required'} (target <= {TARGET_RATIO})  "
+              f"{'PASS' if verdicts[label] else 'FAIL'}")
+    passed = next(iter(verdicts.values()))  # the exit status: halving as a user calls it (chained)
     return 0 if passed else 1
 
 
