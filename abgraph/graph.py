@@ -318,14 +318,15 @@ class ExperimentGraph:
         self.experiment = experiment
         self._by_id = {}
         self._children: dict[str, list] = {}
-        readable_properties: dict = {}  # a sweep's records share their property dicts: convert each once
+        templates: dict = {}  # a sweep's records share their property dicts: one node template each
         for record in records:
-            properties = readable_properties.get(id(record.properties))
-            if properties is None:
-                properties = readable_properties[id(record.properties)] = {
-                    k: readable(v) for k, v in record.properties.items()}
-            node = state_class._create(properties, record, self, attributes=record.attributes,
-                                       experiment=experiment)
+            key = (id(record.properties), id(record.attributes))
+            template = templates.get(key)
+            if template is None:
+                properties = {k: readable(v) for k, v in record.properties.items()}
+                template = templates[key] = state_class._create(properties, None, self, record.attributes,
+                                                                experiment)
+            node = template._copy_for(record)
             self._by_id[record.id] = node
             for parent in record.parents:
                 self._children.setdefault(parent, []).append(record.id)

@@ -74,6 +74,15 @@ class ExperimentState:
         state.__dict__ = values
         return state
 
+    def _copy_for(self, record):
+        """This slim node's twin for another record with the same properties (a
+        browsed sweep: copying one dict is cheaper than building it)."""
+        values = self.__dict__.copy()
+        values["id"], values["metrics"], values["_ab_record"] = record.id, dict(record.metrics), record
+        state = type(self).__new__(type(self))
+        state.__dict__ = values
+        return state
+
     def _current_properties(self) -> dict:
         return {name: self.__dict__.get(name) for name in self._ab_properties}
 

@@ -9,6 +9,7 @@ recomputed and replaced.
 from __future__ import annotations
 
 import json
+import operator
 import os
 import sqlite3
 import threading
@@ -342,9 +343,10 @@ class Index:
         try:
             if self.db.execute(_ODD_ROW).fetchone() is not None:
                 return None
-            rows = self.db.execute(f"SELECT {_FAST_COLUMNS} FROM nodes ORDER BY seq, id").fetchall()
+            # table order (no sort): a run writes with rising seq, checked below
+            rows = self.db.execute(f"SELECT {_FAST_COLUMNS} FROM nodes ORDER BY rowid").fetchall()
             metrics = json.loads(self.db.execute(
-                "SELECT json_group_array(json(metrics)) FROM (SELECT metrics FROM nodes ORDER BY seq, id)"
+                "SELECT json_group_array(json(metrics)) FROM (SELECT metrics FROM nodes ORDER BY rowid)"
             ).fetchone()[0])
         except (sqlite3.DatabaseError, ValueError):
             return None
@@ -363,7 +365,12 @@ class Index:
                 state_class, tags.get(node, []), status, error, started, finished, duration, payload,
                 lists[attributes], json.loads(blobs) if blobs != "[]" else [], measured, results.get(node, {}),
                 versions.get(node, {}), maps[environment], seq, ()))
-        return None if maps.odd or lists.odd else records
+        if maps.odd or lists.odd:
+            return None
+        seqs = [record.seq for record in records]
+        if not all(map(operator.lt, seqs, seqs[1:])):  # rows written out of order (a repaired index)
+            records.sort(key=lambda record: (record.seq, record.id))
+        return records
 
     def _read_checked(self, wanted, links) -> list[NodeRecord]:
         """Row by row, each column checked in Python: slow, and says which row is odd."""
