@@ -243,11 +243,15 @@ def _short(value) -> str:
 
 def to_dot(nodes, label=None, color_by=None, metrics=None, direction="TB", collapse="seed"):
     """`nodes`: a graph's nodes or any subset (a NodeSet); edges between them are drawn.
-    `collapse`: the property/tag whose replicas become one box (None: every node)."""
+    `metrics`: the names shown in every box, or a function of a box's record
+    that names them. `collapse`: the property/tag whose replicas become one box
+    (None: every node)."""
     import graphviz
-    metrics = list(metrics or ([color_by] if color_by else []))
     nodes = list(nodes)
-    _check_measured(nodes, metrics)
+    if not callable(metrics):
+        named = list(metrics or ([color_by] if color_by else []))
+        _check_measured(nodes, named)
+        metrics = lambda record: named  # noqa: E731
     over = collapse or None
     groups = group_replicas(nodes, over)
     by_id = {group.id: group for group in groups}
@@ -265,7 +269,7 @@ def to_dot(nodes, label=None, color_by=None, metrics=None, direction="TB", colla
         if label and len(group.members) == 1:
             text = label(group.members[0])
         else:
-            text = _label(group, by_id, metrics, shown.get(group.record.recipe), over,
+            text = _label(group, by_id, metrics(group.record), shown.get(group.record.recipe), over,
                           tail_color=_tail_color(style.get("fillcolor")))
         dot.node(group.id, text, **style)
         for parent in group.parents:

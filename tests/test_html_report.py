@@ -216,6 +216,20 @@ def write_sweep(directory, trains):
     index.close()
 
 
+def test_a_wide_graph_opens_on_its_root_and_boxes_show_their_metrics(browser, tmp_path):
+    write_sweep(tmp_path / "wide", 30)  # a root above a row of 30 boxes: wider than the pane
+    graph = abgraph.Experiment.restore(tmp_path / "wide").graph
+    open_page(browser, graph.to_html(tmp_path / "wide.html"))
+    assert "accuracy=0.5" in graph_node(browser, f"{15:032x}").text
+    root = graph_node(browser, "r" * 32)
+    wide, inside = browser.execute_script(
+        "const a = document.getElementById('graph-area').getBoundingClientRect(),"
+        " b = arguments[0].getBoundingClientRect(),"
+        " svg = document.querySelector('.graph-view:not([hidden]) svg').getBoundingClientRect();"
+        "return [svg.width > 2 * a.width, b.left >= a.left && b.right <= a.right && b.top >= a.top];", root)
+    assert wide and inside
+
+
 def test_a_large_experiment_is_drawn_collapsed_and_paged(browser, tmp_path):
     write_sweep(tmp_path / "sweep", 699)
     report = abgraph.Experiment.restore(tmp_path / "sweep").graph.to_html(tmp_path / "sweep.html")

@@ -9,6 +9,7 @@ import html
 from ..drawing import to_dot
 
 MAX_DRAWN = 300   # nodes (or boxes) in one drawing: graphviz and the eye both give up beyond
+HEADLINE = 3      # metrics shown in a node's box; the panel shows them all
 
 
 def tag_group(tags) -> str:
@@ -23,13 +24,24 @@ def _tag_group(tags: tuple) -> str:
     return ", ".join(sorted(kept))
 
 
+def headline(record) -> list:
+    """The names of a node's first few numbers, metrics then function results
+    (`eval_fn.accuracy`): what its box shows."""
+    named = list(record.metrics.items())
+    for function, value in record.results.items():
+        named += [(f"{function}.{key}", v) for key, v in value.items()] if isinstance(value, dict) else [
+            (function, value)]
+    return [name for name, value in named if isinstance(value, (int, float)) and not isinstance(value, bool)
+            ][:HEADLINE]
+
+
 def drawings(nodes, positions) -> dict:
     """`nodes`: a NodeSet; `positions`: node id -> row in the page's data.
 
     Returns {"overview": svg, "groups": {key: {"svg", "members", "subgroups"}}}:
     a collapsed overview, and per box what clicking it shows."""
     if len(nodes) <= MAX_DRAWN:
-        return {"overview": _svg(to_dot(nodes, collapse=None)), "groups": {}}
+        return {"overview": _svg(to_dot(nodes, metrics=headline, collapse=None)), "groups": {}}
     by_recipe: dict = {}
     depths = nodes[0]._ab_graph.depths()
     for node in nodes:
@@ -68,7 +80,7 @@ def _overview(groups):
 def _expansion(key, members, positions) -> dict:
     rows = [positions[n.id] for n in members]
     if len(members) <= MAX_DRAWN:
-        return {"svg": _svg(to_dot(members, collapse=None)), "members": rows, "subgroups": {}}
+        return {"svg": _svg(to_dot(members, metrics=headline, collapse=None)), "members": rows, "subgroups": {}}
     import graphviz
     dot = _digraph(graphviz)
     by_tags: dict = {}
