@@ -172,6 +172,20 @@
       ' <span class="muted">(' + membersOf(key).length.toLocaleString("en") + " nodes)</span>";
     $("crumbs").innerHTML = crumbs;
     highlight();
+    scrollToRoots();
+  }
+  // A drawing wider than its pane opens on its top row (the roots), not on its left edge.
+  function scrollToRoots() {
+    const area = $("graph-area");
+    const view = document.querySelector(".graph-view:not([hidden])");
+    const boxes = view ? [...view.querySelectorAll("g.node")].map((g) => g.getBoundingClientRect()) : [];
+    if (!boxes.length) return;
+    const top = Math.min(...boxes.map((b) => b.top));
+    const roots = boxes.filter((b) => b.top - top < 1).sort((a, b) => a.left - b.left);
+    let left = roots[0].left, right = Math.max(...roots.map((b) => b.right));
+    if (right - left > area.clientWidth) right = roots[0].right;  // too wide: the first root in the middle
+    area.scrollLeft = (left + right) / 2 + area.scrollLeft - area.getBoundingClientRect().left - area.clientWidth / 2;
+    area.scrollTop = 0;
   }
   function groupOf(i) {
     for (const key in data.groups) if (data.groups[key].members.includes(i)) return key;
@@ -419,6 +433,7 @@
 
   renderTable();
   highlight();
+  scrollToRoots();
   window.abgraphReadyMs = performance.now();
   window.abgraphReport = { diff: (a, b) => diff(indexOf.get(a), indexOf.get(b)), select: (id) => select(indexOf.get(id)) };
   document.body.dataset.ready = "true";
