@@ -305,12 +305,14 @@ def median_stopping(root, trials: Tagged[Any], *, evaluate, rungs, metric: str, 
 
 
 def _rung_sweep(kind, root, trials, evaluate, rungs, metric, direction, budget, keep, from_root) -> list:
-    from .recipes.base import Probe, Recipe
+    from .recipes.base import Probe, Recipe, as_promise
     from .state import StatePromise
     from .stopping import StoppingRule
 
+    root = as_promise(root)
     if not isinstance(root, StatePromise):
-        raise TypeError(f"root must be a state promise (from spawn_new_tree or a recipe), not {root!r}")
+        raise TypeError(f"root must be a state promise (from spawn_new_tree or a recipe) or a stored "
+                        f"node, not {root!r}")
     trials = list(trials)
     if not trials or not all(isinstance(t, tuple) and len(t) == 2 for t in trials):
         raise ValueError("trials must be a non-empty list of (tags, recipe) pairs, as sweep.grid "

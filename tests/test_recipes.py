@@ -10,6 +10,7 @@ from torch import nn
 from torch.nn.utils import prune as torch_prune
 
 import abgraph
+from abgraph import sweep
 from abgraph.recipes import Evaluate, MakePermanent, Prune, Reinit, Rewind, Train
 from abgraph.torch_state import TorchState
 
@@ -499,6 +500,20 @@ def test_state_without_required_attributes_fails_at_build_time(tmp_path):
         Evaluate(data="test_data")(root)
     with pytest.raises(TypeError, match="state promise"):
         Rewind(to="root")
+
+
+def test_stored_nodes_serve_as_rewind_targets_and_halving_roots(study):
+    """A later session grows the restored study: stored nodes stand for their promises."""
+    _, nodes, exp = study
+    again = abgraph.Experiment.restore(exp.directory, state_class=TorchState)
+    stored = again.graph.node
+    rewound = Rewind(to=stored(nodes["root"].id))(stored(nodes["l1_twice"].id))
+    assert rewound.id == nodes["rewound"].id
+    report = again.run(executor=serial(), progress=False)
+    assert report.ok and not report.executed
+    leaves = sweep.halving(stored(nodes["trained"].id), sweep.grid(Train, lr=[0.1, 0.01], epochs=1, seed=0),
+                           evaluate=Evaluate(metrics=("accuracy",)), rungs=[1, 2], keep=0.5, metric="accuracy")
+    assert len(leaves) == 2
 
 
 def test_missing_prune_and_reinit_targets_fail_with_module_names(tmp_path):

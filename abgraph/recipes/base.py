@@ -97,7 +97,7 @@ class Recipe:
     def __call__(self, *inputs):
         if not inputs:
             raise TypeError(f"{type(self).__name__} needs at least one input state")
-        inputs = tuple(_promised(i) for i in inputs)
+        inputs = tuple(as_promise(i) for i in inputs)
         experiment = getattr(inputs[0], "experiment", None)
         if experiment is None:
             raise TypeError(f"{type(self).__name__} was called on {type(inputs[0]).__name__}; "
@@ -112,7 +112,7 @@ class Recipe:
         return f"{type(self).__name__}({args})"
 
 
-def _promised(value):
+def as_promise(value):
     """A stored node (from `exp.graph`) grows the graph as its promise does."""
     return value.to_promise() if isinstance(value, ExperimentState) else value
 
@@ -199,7 +199,7 @@ class Probe:
         self.__wrapped__ = fn
 
     def __call__(self, promise):
-        promise = _promised(promise)
+        promise = as_promise(promise)
         experiment = getattr(promise, "experiment", None)
         if experiment is None:
             raise TypeError(f"{self.name} was called on {type(promise).__name__}; "

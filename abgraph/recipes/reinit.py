@@ -7,6 +7,7 @@ import torch
 
 from ..state import StatePromise
 from . import _torch
+from .base import as_promise
 
 
 class Reinit(_torch.BuiltinRecipe):
@@ -119,9 +120,10 @@ class Rewind(_torch.BuiltinRecipe):
     VERSION = "1"
 
     def __init__(self, to):
+        to = as_promise(to)
         if not isinstance(to, StatePromise):
-            raise TypeError(f"Rewind: to must be a state promise (the node to take the weights from), "
-                            f"not {type(to).__name__}")
+            raise TypeError(f"Rewind: to must be a state promise or a stored node (the node to take the "
+                            f"weights from), not {type(to).__name__}")
         self.to = to
 
     def __call__(self, state):
