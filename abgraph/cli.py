@@ -61,11 +61,11 @@ def _iso(seconds) -> str | None:
     return datetime.datetime.fromtimestamp(seconds).astimezone().isoformat(timespec="seconds")
 
 
-def _fields(record) -> dict:
+def _fields(record, blobs) -> dict:
     hidden = ("blobs", "seq", "derived_from")  # derived_from is a run's, never stored
     fields = {k: v for k, v in record.fields().items() if k not in hidden}
     fields.update({name: _iso(fields[name]) for name in RECORD_TIMES})
-    fields["blobs"] = len(record.blobs)
+    fields["blobs"] = len(blobs)
     return fields
 
 
@@ -82,8 +82,9 @@ def _shown(value) -> str:
 def cmd_show(args):
     from .report import last_line
     from .state import failed_functions
-    record = _open(args.directory).graph.node(args.id)._ab_record
-    fields = _fields(record)
+    experiment = _open(args.directory)
+    record = experiment.graph.node(args.id)._ab_record
+    fields = _fields(record, experiment.index.blobs_of(record.id))
     if args.json:
         print(json.dumps(fields, indent=2, default=str))
         return

@@ -397,7 +397,7 @@ class Experiment:
     def graph(self) -> ExperimentGraph:
         """Every stored node (slim); refreshed after each `run()`."""
         if self._graph is None:
-            self._graph = ExperimentGraph(self.index.records(), self.objects, self.state_class, self)
+            self._graph = ExperimentGraph(self.index.records(blobs=False), self.objects, self.state_class, self)
         return self._graph
 
     @classmethod
@@ -418,6 +418,7 @@ class Experiment:
         # class the index names would run someone's code just to browse.
         experiment.state_class = state_class or ExperimentState
         if not slim:
+            index.records()  # every column checked, the blobs too (browsing skips them)
             for node in experiment.graph.nodes:
                 if node.status == "done":
                     node.restore()

@@ -148,6 +148,7 @@ def test_show_a_node_by_prefix(cli):
     assert shown["status"] == "done"
     assert set(shown["results"]["accuracy"]) == {"accuracy", "n"}
     assert shown["environment"]["device"] == "cpu"
+    assert shown["blobs"] == len(cli.pruned.blobs) > 0  # read for this node alone
     assert "derived_from" not in shown  # a run's bookkeeping, never stored: it would always read empty
 
 

@@ -373,6 +373,21 @@ def test_the_fast_read_gives_the_records_the_checked_read_gives(study_run, tmp_p
         copy.records()
 
 
+def test_browsing_reads_no_blob_digests_and_its_records_are_not_written_back(study_run, tmp_path):
+    """The digests are most of a real row; the slim graph leaves them out, says so
+    with None (not an empty list), and such a record cannot be stored."""
+    from abgraph.store import Index
+    graph = abgraph.Experiment.restore(study_run.directory).graph
+    slim = [node._ab_record for node in graph.nodes]
+    full = {r.id: r for r in Index(study_run.directory).records()}
+    assert all(r.blobs is None for r in slim) and any(full[r.id].blobs for r in slim)
+    assert [{**_stored_fields(r), "blobs": None} for r in full.values()] == list(map(_stored_fields, slim))
+    copy = Index(tmp_path, create=True)
+    with pytest.raises(ValueError, match="read without its blobs.*blobs=True"):
+        copy.write(slim)
+    assert Index(study_run.directory).blobs_of(slim[-1].id) == full[slim[-1].id].blobs
+
+
 def _stored_fields(record) -> dict:
     return {name: value for name, value in record.fields().items() if name != "derived_from"}  # a run's, never stored
 

@@ -49,7 +49,7 @@ class NodeRecord:
     duration: float | None = None
     payload: str | None = None
     attributes: list = field(default_factory=list)
-    blobs: list = field(default_factory=list)
+    blobs: list | None = field(default_factory=list)  # None: read without them (browsing)
     metrics: dict = field(default_factory=dict)
     results: dict = field(default_factory=dict)
     result_versions: dict = field(default_factory=dict)
@@ -98,22 +98,25 @@ class DamagedIndex(NotAnExperiment):
 STATUSES = ("done", "failed", "blocked", "damaged", "stopped")
 _DICT_COLUMNS = ("recipe_properties", "properties", "metrics", "environment")
 
-_FAST_COLUMNS = ",".join(c for c in _NODE_COLUMNS if c != "metrics")
+_FAST_COLUMNS = {read_blobs: ",".join(c if c != "blobs" or read_blobs else "NULL" for c in _NODE_COLUMNS
+                                       if c != "metrics") for read_blobs in (True, False)}
 _NUMBER_OR_NULL = "('null', 'real', 'integer')"
 _NOT_DIGEST = "(typeof({0}) != 'text' OR length({0}) != 64 OR {0} GLOB '*[^0-9a-f]*')"
-# a row (or edge, or tag) abgraph never writes; json_each raises on text that is not JSON
-_ODD_ROW = f"""
+_ODD_BLOBS = f"""
+ OR typeof(blobs) != 'text' OR json_type(blobs) != 'array'
+ OR EXISTS (SELECT 1 FROM json_each(nodes.blobs) WHERE {_NOT_DIGEST.format("value")})"""
+# a row (or edge, or tag) abgraph never writes; json_each raises on text that is not JSON.
+# The blobs' check is most of the work on real rows: only a read that returns them does it
+_ODD_ROW = {read_blobs: f"""
 SELECT 1 FROM nodes WHERE typeof(id) != 'text' OR id = ''
  OR status NOT IN ({", ".join(map(repr, STATUSES))})
  OR typeof(recipe) != 'text' OR typeof(recipe_version) != 'text' OR typeof(state_class) != 'text'
  OR typeof(started) NOT IN {_NUMBER_OR_NULL} OR typeof(finished) NOT IN {_NUMBER_OR_NULL}
  OR typeof(duration) NOT IN {_NUMBER_OR_NULL}
- OR (payload IS NOT NULL AND {_NOT_DIGEST.format("payload")})
- OR typeof(blobs) != 'text' OR json_type(blobs) != 'array'
- OR EXISTS (SELECT 1 FROM json_each(nodes.blobs) WHERE {_NOT_DIGEST.format("value")})
+ OR (payload IS NOT NULL AND {_NOT_DIGEST.format("payload")}){_ODD_BLOBS if read_blobs else ""}
 UNION ALL SELECT 1 FROM edges WHERE typeof(child) != 'text' OR typeof(parent) != 'text' OR child = parent
 UNION ALL SELECT 1 FROM tags WHERE typeof(tag) != 'text'
-LIMIT 1"""
+LIMIT 1""" for read_blobs in (True, False)}
 
 
 class _SharedJSON(dict):
@@ -233,6 +236,9 @@ class Index:
                     self.db.executemany("INSERT OR IGNORE INTO tags VALUES (?, ?)",
                                         [(record.id, t) for t in record.tags])
                     if record.id not in results_only:
+                        if record.blobs is None:
+                            raise ValueError(f"node {record.id[:12]} was read without its blobs (a browsing "
+                                             "read): read it with Index.records(blobs=True) to write it")
                         record = self._from_stored_parents(record)
                         seq += 1
                         values = dict(record.fields(), seq=seq)
@@ -304,21 +310,22 @@ class Index:
             versions.setdefault(node, {})[name] = version
         return versions
 
-    def records(self, ids=None) -> list[NodeRecord]:
+    def records(self, ids=None, blobs: bool = True) -> list[NodeRecord]:
         """All records (or those in `ids`), in the order they were written. Equal
         JSON values (a sweep's repeated properties) are decoded once and shared:
-        records read back are for reading. A row abgraph never writes (a crafted
-        or damaged index) raises `DamagedIndex`."""
+        records read back are for reading. `blobs=False` leaves every `blobs`
+        None: browsing never needs the digests, most of a real node's row. A row
+        abgraph never writes (a crafted or damaged index) raises `DamagedIndex`."""
         with collector_paused(), self._lock:
             # one read transaction: nodes, edges and tags from one snapshot, or a
             # node committed between two of the reads would come without its parents
             self.db.execute("BEGIN")
             try:
-                return self._read_records(ids)
+                return self._read_records(ids, blobs)
             finally:
                 self.db.execute("COMMIT")
 
-    def _read_records(self, ids) -> list[NodeRecord]:
+    def _read_records(self, ids, blobs=True) -> list[NodeRecord]:
         wanted = set(ids) if ids is not None else None
         edges: dict[str, list] = {}  # in the table's order (a scan, not an index walk), sorted below
         for child, position, parent in self._query("SELECT child, position, parent FROM edges"):
@@ -333,18 +340,18 @@ class Index:
             results.setdefault(node, {})[name] = _loads(value, node, f"result {name!r}", self.path)
             versions.setdefault(node, {})[name] = version
         links = parents, tags, results, versions
-        return self._read_fast(wanted, links) or self._read_checked(wanted, links)
+        return self._read_fast(wanted, links, blobs) or self._read_checked(wanted, links, blobs)
 
-    def _read_fast(self, wanted, links) -> list[NodeRecord] | None:
+    def _read_fast(self, wanted, links, blobs=True) -> list[NodeRecord] | None:
         """Every row at C speed: SQLite checks the shapes of all rows in one query
         and decodes every row's metrics in one JSON text; equal JSON texts (a
         sweep's properties) are decoded once. None when a row is not as abgraph
         writes it: `_read_checked` then names it."""
         try:
-            if self.db.execute(_ODD_ROW).fetchone() is not None:
+            if self.db.execute(_ODD_ROW[blobs]).fetchone() is not None:
                 return None
             # table order (no sort): a run writes with rising seq, checked below
-            rows = self.db.execute(f"SELECT {_FAST_COLUMNS} FROM nodes ORDER BY rowid").fetchall()
+            rows = self.db.execute(f"SELECT {_FAST_COLUMNS[blobs]} FROM nodes ORDER BY rowid").fetchall()
             metrics = json.loads(self.db.execute(
                 "SELECT json_group_array(json(metrics)) FROM (SELECT metrics FROM nodes ORDER BY rowid)"
             ).fetchone()[0])
@@ -355,7 +362,7 @@ class Index:
         records = []
         for row, measured in zip(rows, metrics):
             (node, seq, recipe, recipe_properties, recipe_version, properties, state_class, status, error,
-             started, finished, duration, payload, attributes, blobs, environment) = row
+             started, finished, duration, payload, attributes, digests, environment) = row
             if wanted is not None and node not in wanted:
                 continue
             if type(measured) is not dict:
@@ -363,7 +370,8 @@ class Index:
             records.append(NodeRecord(
                 node, parents.get(node, []), recipe, maps[recipe_properties], recipe_version, maps[properties],
                 state_class, tags.get(node, []), status, error, started, finished, duration, payload,
-                lists[attributes], json.loads(blobs) if blobs != "[]" else [], measured, results.get(node, {}),
+                lists[attributes], None if digests is None else json.loads(digests) if digests != "[]" else [],
+                measured, results.get(node, {}),
                 versions.get(node, {}), maps[environment], seq, ()))
         if maps.odd or lists.odd:
             return None
@@ -372,7 +380,7 @@ class Index:
             records.sort(key=lambda record: (record.seq, record.id))
         return records
 
-    def _read_checked(self, wanted, links) -> list[NodeRecord]:
+    def _read_checked(self, wanted, links, blobs=True) -> list[NodeRecord]:
         """Row by row, each column checked in Python: slow, and says which row is odd."""
         parents, tags, results, versions = links
         rows = self._query(f"SELECT {','.join(_NODE_COLUMNS)} FROM nodes ORDER BY seq, id")
@@ -382,12 +390,21 @@ class Index:
             if wanted is not None and row[0] not in wanted:
                 continue
             values = decode_row(row, self.path, decoded)
+            if not blobs:
+                values["blobs"] = None
             node = values["id"]
             record = NodeRecord(**dict(values, parents=parents.get(node, []), tags=tags.get(node, []),
                                        results=results.get(node, {}), result_versions=versions.get(node, {})))
             check_links(record, self.path)
             records.append(record)
         return records
+
+    def blobs_of(self, node_id) -> list[str]:
+        """A node's blob digests, its row checked (browsing reads records without them)."""
+        rows = self._query(f"SELECT {','.join(_NODE_COLUMNS)} FROM nodes WHERE id=?", (node_id,))
+        if not rows:
+            raise KeyError(f"no node {node_id} in {self.path}")
+        return decode_row(rows[0], self.path)["blobs"]
 
     def meta(self, key: str, default=None):
         row = self.db.execute("SELECT value FROM meta WHERE key=?", (key,)).fetchone()
