@@ -45,38 +45,47 @@ TARGETS = {"slim restore": 1.0, "tag filter": 0.05, "to_dataframe()": 1.0, "abgr
 
 def write_sweep(directory: Path, nodes: int, seed: int = 0) -> None:
     """A root, then Train nodes of a random sweep (lr, weight decay, method, seed),
-    each followed by an Evaluate with metrics: `nodes` nodes in all."""
+    each followed by an Evaluate with metrics: `nodes` nodes in all. Each node
+    lists its blobs as a run stores them: the data's 4 tensors, shared by all,
+    and 15 of its model's own (an Evaluate's are its Train's)."""
     rng = random.Random(seed)
     index = Index(directory, create=True)  # the schema, as abgraph writes it
     index.close()
     environment = json.dumps({"python": "3.11.7", "torch": "2.13.0", "abgraph": abgraph.__version__,
                               "host": "bench", "platform": "linux", "device": "cpu", "pid": 1})
     rows, edges, tags = [], [], []
+    data = [_digest(f"data {n}") for n in range(4)]
 
-    def add(node_id, recipe, recipe_properties, metrics, parents, node_tags, status="done", error=None):
+    def model(number):
+        return json.dumps(sorted(data + [_digest(f"model {number} {n}") for n in range(15)]))
+
+    def add(node_id, recipe, recipe_properties, metrics, parents, node_tags, status="done", error=None, blobs="[]"):
         seq = len(rows) + 1
         started = 1.7e9 + seq
         rows.append((node_id, seq, recipe, json.dumps(recipe_properties), "v1",
                      json.dumps({"dataset": "digits", "hidden": 64}), "study.State", status, error,
-                     started, started + 1.5, 1.5, None, '["model"]', "[]", json.dumps(metrics), environment))
+                     started, started + 1.5, 1.5, _digest(f"payload {node_id}") if blobs != "[]" else None,
+                     '["model"]', blobs, json.dumps(metrics), environment))
         edges.extend((node_id, i, p) for i, p in enumerate(parents))
         tags.extend((node_id, t) for t in node_tags)
 
     root = _id(0)
-    add(root, "root", {}, {}, [], [])
+    add(root, "root", {}, {}, [], [], blobs=model("root"))
     trains = (nodes - 1) // 2
     for number in range(trains):
         lr, wd = rng.choice([0.001, 0.003, 0.01, 0.03, 0.1]), rng.choice([0.0, 1e-4, 1e-3])
         method = rng.choice(["none", "l1", "random"])
         node_tags = [f"lr:{lr}", f"wd:{wd}", f"method:{method}", f"seed:{number % 10}"]
         train_id = _id(2 * number + 1)
+        blobs = model(number)
         add(train_id, "study.Train", {"lr": lr, "weight_decay": wd, "seed": number % 10, "method": method},
-            {"loss": rng.random()}, [root], node_tags)
+            {"loss": rng.random()}, [root], node_tags, blobs=blobs)
         failed = rng.random() < 0.01
         add(_id(2 * number + 2), "abgraph.recipes.evaluate.Evaluate", {"split": "test"},
             {} if failed else {"accuracy": 0.5 + 0.4 * rng.random(), "loss": rng.random()}, [train_id],
             node_tags, status="failed" if failed else "done",
-            error="Traceback (most recent call last):\nValueError: diverged" if failed else None)
+            error="Traceback (most recent call last):\nValueError: diverged" if failed else None,
+            blobs="[]" if failed else blobs)
     while len(rows) < nodes:
         add(_id(len(rows) + 1), "abgraph.recipes.evaluate.Evaluate", {"split": "val"}, {}, [root], [])
     db = sqlite3.connect(directory / "abgraph.sqlite")
@@ -93,6 +102,10 @@ LOAD: list = []  # cores other processes used during the last timed figure
 
 def _id(number) -> str:
     return hashlib.sha256(str(number).encode()).hexdigest()[:32]
+
+
+def _digest(text) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
 
 
 def timed(fn, *args, repeats=3):
