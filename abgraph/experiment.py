@@ -397,8 +397,12 @@ class Experiment:
     def graph(self) -> ExperimentGraph:
         """Every stored node (slim); refreshed after each `run()`."""
         if self._graph is None:
-            self._graph = ExperimentGraph(self.index.records(blobs=False), self.objects, self.state_class, self)
+            self._graph = self._read_graph(blobs=False)
         return self._graph
+
+    def _read_graph(self, blobs: bool) -> ExperimentGraph:
+        """The stored nodes; `blobs=True` also reads (and checks) each node's blob digests."""
+        return ExperimentGraph(self.index.records(blobs=blobs), self.objects, self.state_class, self)
 
     @classmethod
     def restore(cls, directory, state_class=None, slim: bool = True, storage_options=None) -> "Experiment":
@@ -418,7 +422,7 @@ class Experiment:
         # class the index names would run someone's code just to browse.
         experiment.state_class = state_class or ExperimentState
         if not slim:
-            index.records()  # every column checked, the blobs too (browsing skips them)
+            experiment._graph = experiment._read_graph(blobs=True)  # every column checked, the blobs too
             for node in experiment.graph.nodes:
                 if node.status == "done":
                     node.restore()
