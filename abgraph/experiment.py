@@ -13,7 +13,7 @@ from pathlib import Path
 from . import identity
 from .graph import ExperimentGraph
 from .state import ExperimentState, NodeFailedError, StatePromise, check_declarations
-from .store import FANOUT, OBJECTS_NAME, SCHEMA_VERSION, DamagedIndex, Index, ObjectStore, maintenance, open_store
+from .store import OBJECTS_NAME, DamagedIndex, Index, ObjectStore, maintenance, open_store
 
 LOCK_NAME = ".abgraph.lock"
 
@@ -478,7 +478,4 @@ def _objects(index: Index, directory: Path, location, storage_options=None, crea
         objects = open_store(location, storage_options, create)  # checked before it is recorded
         if new_location:
             index.set_meta("objects", str(location))
-    if create and index.schema_version < SCHEMA_VERSION and objects.fanout == FANOUT:
-        # no blob yet in an old experiment: it takes the new layout, which older abgraph must not write to
-        index.set_meta("schema_version", SCHEMA_VERSION)
     return objects

@@ -33,7 +33,7 @@ import pandas
 
 import abgraph
 from abgraph.cli import main as cli_main
-from abgraph.store import Index
+from abgraph.store import Index, NodeRecord
 
 sys.path.insert(0, str(Path(__file__).parent))
 from machine_load import Meter, quiet  # noqa: E402
@@ -49,25 +49,21 @@ def write_sweep(directory: Path, nodes: int, seed: int = 0) -> None:
     lists its blobs as a run stores them: the data's 4 tensors, shared by all,
     and 15 of its model's own (an Evaluate's are its Train's)."""
     rng = random.Random(seed)
-    index = Index(directory, create=True)  # the schema, as abgraph writes it
-    index.close()
-    environment = json.dumps({"python": "3.11.7", "torch": "2.13.0", "abgraph": abgraph.__version__,
-                              "host": "bench", "platform": "linux", "device": "cpu", "pid": 1})
-    rows, edges, tags = [], [], []
+    environment = {"python": "3.11.7", "torch": "2.13.0", "abgraph": abgraph.__version__,
+                   "host": "bench", "platform": "linux", "device": "cpu", "pid": 1}
+    records = []
     data = [_digest(f"data {n}") for n in range(4)]
 
     def model(number):
-        return json.dumps(sorted(data + [_digest(f"model {number} {n}") for n in range(15)]))
+        return sorted(data + [_digest(f"model {number} {n}") for n in range(15)])
 
-    def add(node_id, recipe, recipe_properties, metrics, parents, node_tags, status="done", error=None, blobs="[]"):
-        seq = len(rows) + 1
-        started = 1.7e9 + seq
-        rows.append((node_id, seq, recipe, json.dumps(recipe_properties), "v1",
-                     json.dumps({"dataset": "digits", "hidden": 64}), "study.State", status, error,
-                     started, started + 1.5, 1.5, _digest(f"payload {node_id}") if blobs != "[]" else None,
-                     '["model"]', blobs, json.dumps(metrics), environment))
-        edges.extend((node_id, i, p) for i, p in enumerate(parents))
-        tags.extend((node_id, t) for t in node_tags)
+    def add(node_id, recipe, recipe_properties, metrics, parents, node_tags, status="done", error=None, blobs=()):
+        started = 1.7e9 + len(records) + 1
+        records.append(NodeRecord(
+            node_id, parents, recipe, recipe_properties, "v1", {"dataset": "digits", "hidden": 64},
+            "study.State", node_tags, status, error, started, started + 1.5, 1.5,
+            _digest(f"payload {node_id}") if blobs else None, ["model"], list(blobs), metrics,
+            environment=environment))
 
     root = _id(0)
     add(root, "root", {}, {}, [], [], blobs=model("root"))
@@ -85,15 +81,14 @@ def write_sweep(directory: Path, nodes: int, seed: int = 0) -> None:
             {} if failed else {"accuracy": 0.5 + 0.4 * rng.random(), "loss": rng.random()}, [train_id],
             node_tags, status="failed" if failed else "done",
             error="Traceback (most recent call last):\nValueError: diverged" if failed else None,
-            blobs="[]" if failed else blobs)
-    while len(rows) < nodes:
-        add(_id(len(rows) + 1), "abgraph.recipes.evaluate.Evaluate", {"split": "val"}, {}, [root], [])
-    db = sqlite3.connect(directory / "abgraph.sqlite")
-    with db:
-        db.executemany(f"INSERT INTO nodes VALUES ({','.join('?' * 17)})", rows)
-        db.executemany("INSERT INTO edges VALUES (?, ?, ?)", edges)
-        db.executemany("INSERT INTO tags VALUES (?, ?)", tags)
-    db.close()
+            blobs=() if failed else blobs)
+    while len(records) < nodes:
+        add(_id(len(records) + 1), "abgraph.recipes.evaluate.Evaluate", {"split": "val"}, {}, [root], [])
+    index = Index(directory, create=True)
+    try:
+        index.write(records)  # as a run stores them
+    finally:
+        index.close()
 
 
 QUIET = {"seconds": 600.0, "waited": 0.0}  # how long, in all, to wait for other processes to calm down

@@ -7,11 +7,14 @@ index, real blobs, real `dot` renders, real subprocesses.
 """
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import importlib.util
 import json
 import os
 import shutil
+import sqlite3
 import subprocess
 import sys
 from pathlib import Path
@@ -19,6 +22,7 @@ from types import SimpleNamespace
 
 import pytest
 
+from abgraph.cli import main as cli_main
 from abgraph.store import Index, ObjectStore
 
 ABGRAPH_CLI = Path(sys.executable).with_name("abgraph")
@@ -211,6 +215,14 @@ def run_cli_many(commands, timeout=120) -> list:
     return results
 
 
+def cli_in_process(*args):
+    """The `abgraph` command, in this process: (exit code, stdout, stderr)."""
+    out, err = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
+        code = cli_main([str(a) for a in args])
+    return code, out.getvalue(), err.getvalue()
+
+
 def records_by_id(directory) -> dict:
     """Every stored record of an experiment folder, by node id."""
     index = Index(directory)
@@ -369,3 +381,39 @@ def s3_server():
     finally:
         server.terminate()
         server.wait(timeout=10)
+
+
+# The index as abgraph wrote it under schemas 1 and 2: a node's blob digests in its
+# row, its parents and tags in tables of their own.
+_OLD_LAYOUT = """
+CREATE TABLE old_nodes (
+    id TEXT PRIMARY KEY, seq INTEGER NOT NULL, recipe TEXT NOT NULL,
+    recipe_properties TEXT NOT NULL, recipe_version TEXT NOT NULL,
+    properties TEXT NOT NULL, state_class TEXT NOT NULL, status TEXT NOT NULL,
+    error TEXT, started REAL, finished REAL, duration REAL, payload TEXT,
+    attributes TEXT NOT NULL, blobs TEXT NOT NULL, metrics TEXT NOT NULL,
+    environment TEXT NOT NULL);
+CREATE TABLE edges (
+    child TEXT NOT NULL, position INTEGER NOT NULL, parent TEXT NOT NULL,
+    PRIMARY KEY (child, position));
+CREATE TABLE tags (node TEXT NOT NULL, tag TEXT NOT NULL, PRIMARY KEY (node, tag));
+"""
+
+
+def to_old_layout(directory, schema: int = 2) -> None:
+    """Rewrite a closed experiment's index as an abgraph of index schema 1 or 2 wrote it."""
+    with contextlib.closing(sqlite3.connect(Path(directory) / "abgraph.sqlite")) as db, db:
+        db.executescript(_OLD_LAYOUT)
+        rows = db.execute(
+            "SELECT id, seq, recipe, recipe_properties, recipe_version, properties, state_class, status, "
+            "error, started, finished, duration, payload, attributes, digests, metrics, environment, "
+            "parents, tags FROM nodes JOIN node_blobs ON node_blobs.node = nodes.id ORDER BY nodes.rowid"
+        ).fetchall()
+        for row in rows:
+            db.execute(f"INSERT INTO old_nodes VALUES ({','.join('?' * 17)})", row[:17])
+            db.executemany("INSERT INTO edges VALUES (?, ?, ?)",
+                           [(row[0], i, parent) for i, parent in enumerate(row[17].split())])
+            db.executemany("INSERT INTO tags VALUES (?, ?)", [(row[0], tag) for tag in json.loads(row[18])])
+        db.executescript("DROP TABLE nodes; DROP TABLE node_blobs; ALTER TABLE old_nodes RENAME TO nodes; "
+                         "CREATE INDEX nodes_seq ON nodes (seq);")
+        db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(schema),))

@@ -8,7 +8,7 @@ import sys
 
 import pytest
 
-from conftest import cli_command, copy_experiment
+from conftest import cli_command, copy_experiment, to_old_layout
 
 RESTORE = """
 import sys
@@ -22,11 +22,14 @@ print("restored", len(leaves), len(full.graph))
 """
 
 
-@pytest.fixture
-def archive(study_run, tmp_path):
+@pytest.fixture(params=[3, 2], ids=["schema 3", "schema 2"])
+def archive(study_run, tmp_path, request):
     """A read-only copy of the study: every file and folder `chmod a-w`, and for
-    root (whom file modes do not stop) a read-only bind mount of it."""
+    root (whom file modes do not stop) a read-only bind mount of it. Its index has
+    this version's schema, or that of an older abgraph (read as it is)."""
     folder = copy_experiment(study_run.directory, tmp_path / "study")
+    if request.param < 3:
+        to_old_layout(folder, schema=request.param)
     for path in [folder, *folder.rglob("*")]:
         path.chmod(0o555 if path.is_dir() else 0o444)
     mounted = None

@@ -4,8 +4,6 @@ browsing never hangs, crashes or writes. Files outside the experiment must
 survive byte for byte."""
 from __future__ import annotations
 
-import contextlib
-import io
 import json
 import os
 import shutil
@@ -19,9 +17,8 @@ import pytest
 import torch
 
 import abgraph
-from abgraph.cli import main
 from abgraph.store import BlobError, DamagedIndex, ObjectStore
-from conftest import cli_command, copy_experiment, records_by_id
+from conftest import cli_command, cli_in_process as cli, copy_experiment, records_by_id
 
 BLOB_NAME = "0" * 63  # a file named as a blob would be, in folder `a/`
 
@@ -67,14 +64,6 @@ def small(directory, objects=None, factors=(2.0, 3.0)):
     return exp
 
 
-def cli(*args):
-    """The `abgraph` command, in this process: (exit code, stdout, stderr)."""
-    out, err = io.StringIO(), io.StringIO()
-    with contextlib.redirect_stdout(out), contextlib.redirect_stderr(err):
-        code = main([str(a) for a in args])
-    return code, out.getvalue(), err.getvalue()
-
-
 def snapshot(folder) -> dict:
     """Everything under `folder`, links not followed: path -> bytes, link target or 'dir'."""
     found = {}
@@ -107,6 +96,12 @@ def execute_sql(directory, *statements):
     with sqlite3.connect(Path(directory) / "abgraph.sqlite") as db:
         for statement in statements:
             db.execute(*statement) if isinstance(statement, tuple) else db.execute(statement)
+
+
+def set_column(directory, node_id, column, value):
+    """Craft one value of a stored record (its blob digests live in a table of their own)."""
+    execute_sql(directory, ("UPDATE node_blobs SET digests=? WHERE node=?" if column == "blobs"
+                            else f"UPDATE nodes SET {column}=? WHERE id=?", (value, node_id)))
 
 
 # -- gc --------------------------------------------------------------------------------
@@ -207,7 +202,7 @@ def test_crafted_digests_in_the_index_are_refused(tmp_path):
                           ("payload", str(victim / "secret.txt")),
                           ("blobs", json.dumps(["../../victim/secret.txt"]))):
         crafted = copy_experiment(exp.directory, tmp_path / f"crafted-{column}-{len(value)}")
-        execute_sql(crafted, (f"UPDATE nodes SET {column}=? WHERE id=?", (value, records[-1].id)))
+        set_column(crafted, records[-1].id, column, value)
         # browsing never reads the blob digests (most of a real row): `ls` has none to refuse
         browse = ["ls"] if column == "payload" else ["show", records[-1].id]
         for command in (browse, ["verify"], ["gc"]):
@@ -241,9 +236,9 @@ def test_a_cycle_in_the_index_is_refused_not_looped(tmp_path):
     exp = small(tmp_path / "exp")
     ids = list(records_by_id(exp.directory))
     self_loop = copy_experiment(exp.directory, tmp_path / "self-loop")
-    execute_sql(self_loop, ("INSERT OR REPLACE INTO edges VALUES (?, 0, ?)", (ids[1], ids[1])))
+    execute_sql(self_loop, ("UPDATE nodes SET parents=? WHERE id=?", (ids[1], ids[1])))
     cycle = copy_experiment(exp.directory, tmp_path / "cycle")
-    execute_sql(cycle, ("INSERT OR REPLACE INTO edges VALUES (?, 0, ?)", (ids[0], ids[1])))
+    execute_sql(cycle, ("UPDATE nodes SET parents=? WHERE id=?", (ids[1], ids[0])))
     commands = [cli_command("ls", self_loop), cli_command("draw", cycle, "-o", tmp_path / "cycle.svg")]
     started = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in commands]
     for command, process in zip(commands, started):
@@ -263,6 +258,8 @@ def test_a_cycle_in_the_index_is_refused_not_looped(tmp_path):
     ("metrics", "not json", "not JSON"),
     ("blobs", '{"a": 1}', "not a list of blob digests"),
     ("attributes", "[3]", "not a list of names"),
+    ("tags", '["seed:1", 3]', "not a list of names"),
+    ("parents", b"\x07", "not the ids of other nodes"),
     ("status", "exploded", "not one of done"),
     ("recipe", b"\x00", "not a string"),
     ("duration", "'slow'", "not a number"),
@@ -270,7 +267,7 @@ def test_a_cycle_in_the_index_is_refused_not_looped(tmp_path):
 def test_rows_of_the_wrong_shape_give_a_clear_error(tmp_path, column, value, expected):
     exp = small(tmp_path / "exp")
     node = list(records_by_id(exp.directory))[-1]
-    execute_sql(exp.directory, (f"UPDATE nodes SET {column}=? WHERE id=?", (value, node)))
+    set_column(exp.directory, node, column, value)
     browsing = [["ls"], ["report"], ["draw", "-o", tmp_path / "g.svg"]]
     for command in browsing if column != "blobs" else [["show", node]]:  # browsing skips the blobs
         code, _, err = cli(command[0], exp.directory, *command[1:])
@@ -279,11 +276,14 @@ def test_rows_of_the_wrong_shape_give_a_clear_error(tmp_path, column, value, exp
 
 def test_a_dropped_table_gives_a_clear_error(tmp_path):
     exp = small(tmp_path / "exp")
-    for table in ("nodes", "edges", "tags"):
+    node = list(records_by_id(exp.directory))[-1]
+    for table, commands in (("nodes", ["ls", "report", "verify"]), ("results", ["ls", "report", "verify"]),
+                            ("node_blobs", [["show", node], "verify"])):  # browsing reads no blob digests
         crafted = copy_experiment(exp.directory, tmp_path / table)
         execute_sql(crafted, f"DROP TABLE {table}")
-        for command in ("ls", "report", "verify"):
-            code, _, err = cli(command, crafted)
+        for command in commands:
+            command = [command] if isinstance(command, str) else command
+            code, _, err = cli(command[0], crafted, *command[1:])
             assert code == 2 and "damaged" in err and f"no such table: {table}" in err, (command, err)
 
 
@@ -291,7 +291,7 @@ def test_hostile_tags_reach_no_terminal_and_break_no_drawing(tmp_path):
     exp = small(tmp_path / "exp")
     node = list(records_by_id(exp.directory))[-1]
     hostile = ["\x1b[2J\x1b[31mred", "<b>&amp;</b>\"'", "form\x0cfeed", "bell\x07", "new\nline"]
-    execute_sql(exp.directory, *[("INSERT INTO tags VALUES (?, ?)", (node, tag)) for tag in hostile])
+    execute_sql(exp.directory, ("UPDATE nodes SET tags=? WHERE id=?", (json.dumps(hostile), node)))
     for command in ("ls", "report"):
         code, out, err = cli(command, exp.directory)
         assert code == 0, err

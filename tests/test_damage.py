@@ -104,7 +104,8 @@ def test_a_damaged_index_is_repaired_listing_what_was_lost(study_run, tmp_path, 
     index.write_bytes(bytes(data))
     if damage == "crafted row":
         with sqlite3.connect(index) as db:
-            db.execute("UPDATE nodes SET blobs=? WHERE id=?", ('["../../etc/passwd"]', study_run.ids["train:0.05"]))
+            db.execute("UPDATE node_blobs SET digests=? WHERE node=?",
+                       ('["../../etc/passwd"]', study_run.ids["train:0.05"]))
     code, out, err = cli("verify", folder, "--repair")
     assert "index rebuilt" in out and "Traceback" not in err, out + err
     assert list(folder.glob("abgraph.sqlite.damaged-*")), "the damaged index is kept aside"

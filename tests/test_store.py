@@ -16,7 +16,7 @@ from torch import nn
 
 import abgraph
 from abgraph.store.maintenance import verify
-from conftest import blob_files, records_by_id, run_python, sha256
+from conftest import blob_files, records_by_id, run_python, sha256, to_old_layout
 
 
 class Chain(abgraph.ExperimentState):
@@ -125,6 +125,7 @@ def test_a_change_is_detected_bit_for_bit(tmp_path):
 
 def _to_schema_1(directory):
     """Rewrite an experiment as abgraph wrote it under index schema 1: 256 folders."""
+    to_old_layout(directory, schema=1)
     objects = directory / "objects"
     for digest, path in blob_files(directory).items():
         (objects / digest[:2]).mkdir(exist_ok=True)
@@ -132,8 +133,6 @@ def _to_schema_1(directory):
     for folder in objects.iterdir():
         if len(folder.name) == 1:
             folder.rmdir()
-    with sqlite3.connect(directory / "abgraph.sqlite") as db:
-        db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
 
 
 def _schema(directory):
@@ -147,16 +146,15 @@ def test_blobs_live_in_16_folders(tmp_path):
     assert exp.run(executor=abgraph.SerialExecutor()).ok
     folders = [p.name for p in (tmp_path / "objects").iterdir() if not p.name.startswith(".")]
     assert folders and all(len(name) == 1 and name in "0123456789abcdef" for name in folders)
-    assert _schema(tmp_path) == "2"
+    assert _schema(tmp_path) == "3"
 
 
-def test_an_old_experiment_with_no_blob_yet_moves_to_schema_2(tmp_path):
+def test_an_old_experiment_with_no_blob_yet_moves_to_schema_3(tmp_path):
     """So an older abgraph, which writes 256 folders, refuses it instead of mixing layouts."""
     abgraph.Experiment(tmp_path, state_class=Chain).index.close()
-    with sqlite3.connect(tmp_path / "abgraph.sqlite") as db:
-        db.execute("UPDATE meta SET value='1' WHERE key='schema_version'")
+    to_old_layout(tmp_path, schema=1)
     abgraph.Experiment(tmp_path, state_class=Chain).index.close()
-    assert _schema(tmp_path) == "2"
+    assert _schema(tmp_path) == "3"
 
 
 def test_an_experiment_written_under_schema_1_restores_and_grows(tmp_path):
@@ -175,7 +173,7 @@ def test_an_experiment_written_under_schema_1_restores_and_grows(tmp_path):
     report = exp.run(executor=abgraph.SerialExecutor())
     assert report.executed == [second.id] and report.ok
     assert all(len(p.name) == 2 for p in (tmp_path / "objects").iterdir() if not p.name.startswith("."))
-    assert _schema(tmp_path) == "1"  # still readable by the abgraph that wrote it
+    assert _schema(tmp_path) == "3"  # its index upgraded by the run: the folders say where blobs are
     assert verify(exp.index, exp.objects).clean
     graph = abgraph.Experiment.restore(tmp_path).graph
     for promise, step in ((first, 1.0), (second, 2.0)):
@@ -357,7 +355,7 @@ def test_the_fast_read_gives_the_records_the_checked_read_gives(study_run, tmp_p
     over as soon as one row is odd."""
     from abgraph.store import DamagedIndex, Index
     index = Index(study_run.directory)
-    fast, checked = index.records(), index._read_checked(None, _links(index))
+    fast, checked = index.records(), index._read_checked(None, *_links(index))
     assert list(map(_stored_fields, fast)) == list(map(_stored_fields, checked)) and len(fast) == len(study_run.ids)
     damaged = tmp_path / "damaged"
     damaged.mkdir()
@@ -367,7 +365,7 @@ def test_the_fast_read_gives_the_records_the_checked_read_gives(study_run, tmp_p
     copy.db.execute("UPDATE nodes SET seq = 1000 - seq")
     reordered = copy.records()
     assert [r.id for r in reordered] == [r.id for r in reversed(fast)]
-    assert list(map(_stored_fields, reordered)) == list(map(_stored_fields, copy._read_checked(None, _links(copy))))
+    assert list(map(_stored_fields, reordered)) == list(map(_stored_fields, copy._read_checked(None, *_links(copy))))
     copy.db.execute("UPDATE nodes SET metrics = '[1]' WHERE id = ?", (fast[-1].id,))
     with pytest.raises(DamagedIndex, match=f"node {fast[-1].id[:12]} has metrics"):
         copy.records()
@@ -393,31 +391,32 @@ def _stored_fields(record) -> dict:
 
 
 def _links(index):
-    """What `_read_records` reads beside the rows (parents, tags, results, versions)."""
+    """What `_read_records` reads beside the rows (results and their versions)."""
     records = index.records()
-    return ({r.id: r.parents for r in records if r.parents}, {r.id: r.tags for r in records if r.tags},
-            {r.id: r.results for r in records if r.results},
+    return ({r.id: r.results for r in records if r.results},
             {r.id: r.result_versions for r in records if r.result_versions})
 
 
 def test_records_are_read_from_one_snapshot(study_run, tmp_path):
     """A worker browses the index while the driver writes it: a node committed between
-    two of the reads (edges, then nodes) must not come back without its parents."""
+    two of the reads (results, then nodes) must not come back without its results."""
+    from dataclasses import replace
+
     from abgraph.store import Index
     folder = tmp_path / "copy"
     folder.mkdir()
     writer = Index(folder, create=True)
     stored = Index(study_run.directory).records()
     writer.write(stored[:2])
-    reader, late = Index(folder), stored[2]
+    reader, late = Index(folder), replace(stored[2], results={"probe": 1.0}, result_versions={"probe": "v1"})
     reads = reader._query
 
     def write_between(sql, parameters=()):
         rows = reads(sql, parameters)
-        if "FROM edges" in sql:
-            writer.write([late])  # committed by another connection after the edges were read
+        if "FROM results" in sql:
+            writer.write([late])  # committed by another connection after the results were read
         return rows
     reader._query = write_between
-    seen = {record.id: record.parents for record in reader.records()}
-    assert late.id not in seen or seen[late.id] == late.parents
+    seen = {record.id: record.results for record in reader.records()}
+    assert late.id not in seen or seen[late.id] == late.results
     assert {r.id for r in Index(folder).records()} == {r.id for r in stored[:3]}  # it was written

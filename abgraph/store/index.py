@@ -8,6 +8,7 @@ recomputed and replaced.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import operator
 import os
@@ -20,8 +21,11 @@ from pathlib import Path
 from ..bulk import collector_paused
 from .objects import DiskFull
 
+# 3: a node's parents and tags in its row, its blob digests in a table of their own
+#    (browsing scans narrow rows and reads no other table);
 # 2: blobs in 16 folders (objects/a/bcdef...); 1: in 256 (objects/ab/cdef...), still read.
-SCHEMA_VERSION = 2
+# An index of 1 or 2 is read through views (`_view_old_layout`) and upgraded by the first write.
+SCHEMA_VERSION = 3
 INDEX_NAME = "abgraph.sqlite"
 
 
@@ -69,22 +73,63 @@ CREATE TABLE IF NOT EXISTS nodes (
     recipe_properties TEXT NOT NULL, recipe_version TEXT NOT NULL,
     properties TEXT NOT NULL, state_class TEXT NOT NULL, status TEXT NOT NULL,
     error TEXT, started REAL, finished REAL, duration REAL, payload TEXT,
-    attributes TEXT NOT NULL, blobs TEXT NOT NULL, metrics TEXT NOT NULL,
-    environment TEXT NOT NULL);
+    attributes TEXT NOT NULL, parents TEXT NOT NULL, tags TEXT NOT NULL,
+    metrics TEXT NOT NULL, environment TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS nodes_seq ON nodes (seq);
-CREATE TABLE IF NOT EXISTS edges (
-    child TEXT NOT NULL, position INTEGER NOT NULL, parent TEXT NOT NULL,
-    PRIMARY KEY (child, position));
-CREATE TABLE IF NOT EXISTS tags (node TEXT NOT NULL, tag TEXT NOT NULL, PRIMARY KEY (node, tag));
+CREATE TABLE IF NOT EXISTS node_blobs (node TEXT PRIMARY KEY, digests TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS results (
     node TEXT NOT NULL, name TEXT NOT NULL, version TEXT NOT NULL, value TEXT NOT NULL,
     PRIMARY KEY (node, name));
 """
-
-_JSON_COLUMNS = ("recipe_properties", "properties", "attributes", "blobs", "metrics", "environment")
+# parents: ids in order, separated by spaces (ids are hex): split at C speed, always strings.
+# tags: a JSON list, in the order they were added.
 _NODE_COLUMNS = ("id", "seq", "recipe", "recipe_properties", "recipe_version", "properties",
                  "state_class", "status", "error", "started", "finished", "duration", "payload",
-                 "attributes", "blobs", "metrics", "environment")
+                 "attributes", "parents", "tags", "metrics", "environment")
+_JSON_COLUMNS = ("recipe_properties", "properties", "attributes", "tags", "metrics", "environment")
+_DICT_COLUMNS = ("recipe_properties", "properties", "metrics", "environment")
+# a record's columns: the row and its blob digests (NULL: read without them)
+_RECORD_COLUMNS = _NODE_COLUMNS + ("blobs",)
+
+
+def _select_rows(columns, read_blobs: bool) -> str:
+    blobs = ("node_blobs.digests FROM nodes LEFT JOIN node_blobs ON node_blobs.node = nodes.id"
+             if read_blobs else "NULL FROM nodes")
+    return f"SELECT {','.join(columns)}, {blobs}"
+
+
+_ROWS = {read_blobs: _select_rows(_NODE_COLUMNS, read_blobs) for read_blobs in (True, False)}
+# without metrics: the fast read decodes them all in one JSON text
+_FAST_ROWS = {read_blobs: _select_rows([c for c in _NODE_COLUMNS if c != "metrics"], read_blobs)
+              for read_blobs in (True, False)}
+
+
+def _old_layout_nodes(table: str) -> str:
+    """The rows of an index of schema 1 or 2 (parents and tags in tables of their own,
+    blob digests in the row) in the columns of schema 3."""
+    return f"""SELECT old.rowid AS rowid, id, seq, recipe, recipe_properties, recipe_version, properties,
+ state_class, status, error, started, finished, duration, payload, attributes,
+ coalesce((SELECT group_concat(parent, ' ') FROM
+           (SELECT parent FROM main.edges WHERE child = old.id ORDER BY position)), '') AS parents,
+ (SELECT json_group_array(tag) FROM (SELECT tag FROM main.tags WHERE node = old.id ORDER BY rowid)) AS tags,
+ metrics, environment FROM {table} AS old"""
+
+
+def _has_old_layout(db) -> bool:
+    return db.execute("SELECT 1 FROM main.sqlite_master WHERE type='table' AND name='edges'").fetchone() is not None
+
+
+def _view_old_layout(db) -> None:
+    """Read an index of schema 1 or 2 as schema 3 through views named like the
+    new tables (temporary ones, which shadow the old in this connection only):
+    browsing an old experiment changes nothing in its folder."""
+    db.execute(f"CREATE TEMP VIEW IF NOT EXISTS nodes AS {_old_layout_nodes('main.nodes')}")
+    db.execute("CREATE TEMP VIEW IF NOT EXISTS node_blobs AS SELECT id AS node, blobs AS digests FROM main.nodes")
+
+
+def _unview_old_layout(db) -> None:
+    db.execute("DROP VIEW IF EXISTS temp.nodes")
+    db.execute("DROP VIEW IF EXISTS temp.node_blobs")
 
 
 def _dumps(value) -> str:
@@ -96,27 +141,31 @@ class DamagedIndex(NotAnExperiment):
 
 
 STATUSES = ("done", "failed", "blocked", "damaged", "stopped")
-_DICT_COLUMNS = ("recipe_properties", "properties", "metrics", "environment")
 
-_FAST_COLUMNS = {read_blobs: ",".join(c if c != "blobs" or read_blobs else "NULL" for c in _NODE_COLUMNS
-                                       if c != "metrics") for read_blobs in (True, False)}
 _NUMBER_OR_NULL = "('null', 'real', 'integer')"
 _NOT_DIGEST = "(typeof({0}) != 'text' OR length({0}) != 64 OR {0} GLOB '*[^0-9a-f]*')"
 _ODD_BLOBS = f"""
- OR typeof(blobs) != 'text' OR json_type(blobs) != 'array'
- OR EXISTS (SELECT 1 FROM json_each(nodes.blobs) WHERE {_NOT_DIGEST.format("value")})"""
-# a row (or edge, or tag) abgraph never writes; json_each raises on text that is not JSON.
-# The blobs' check is most of the work on real rows: only a read that returns them does it
+UNION ALL SELECT 1 FROM nodes LEFT JOIN node_blobs ON node_blobs.node = nodes.id
+ WHERE typeof(digests) != 'text' OR json_type(digests) != 'array'
+ OR EXISTS (SELECT 1 FROM json_each(digests) WHERE {_NOT_DIGEST.format("value")})"""
+# a row abgraph never writes (instr: a node among its own parents); json_each raises
+# on text that is not JSON. The blobs' check is most of the work on real rows: only
+# a read that returns them does it. The JSON columns are checked as they are decoded,
+# the payloads' characters all at once (`_hex_only`: GLOB takes 10 times as long)
 _ODD_ROW = {read_blobs: f"""
 SELECT 1 FROM nodes WHERE typeof(id) != 'text' OR id = ''
  OR status NOT IN ({", ".join(map(repr, STATUSES))})
  OR typeof(recipe) != 'text' OR typeof(recipe_version) != 'text' OR typeof(state_class) != 'text'
  OR typeof(started) NOT IN {_NUMBER_OR_NULL} OR typeof(finished) NOT IN {_NUMBER_OR_NULL}
  OR typeof(duration) NOT IN {_NUMBER_OR_NULL}
- OR (payload IS NOT NULL AND {_NOT_DIGEST.format("payload")}){_ODD_BLOBS if read_blobs else ""}
-UNION ALL SELECT 1 FROM edges WHERE typeof(child) != 'text' OR typeof(parent) != 'text' OR child = parent
-UNION ALL SELECT 1 FROM tags WHERE typeof(tag) != 'text'
+ OR typeof(parents) != 'text' OR instr(parents, id) OR typeof(tags) != 'text'
+ OR (payload IS NOT NULL AND (typeof(payload) != 'text' OR length(payload) != 64)){_ODD_BLOBS if read_blobs else ""}
 LIMIT 1""" for read_blobs in (True, False)}
+
+
+def _hex_only(texts) -> bool:
+    """Whether the texts hold lowercase hex digits only: one pass in C over all of them."""
+    return not "".join(texts).encode("ascii", "replace").translate(None, b"0123456789abcdef")
 
 
 class _SharedJSON(dict):
@@ -199,14 +248,10 @@ class Index:
         if row is None:
             if not create:
                 raise NotAnExperiment(f"{self.path} is not an abgraph index (no schema version)")
-            with self._lock:
-                self.db.execute("BEGIN IMMEDIATE")
-                for statement in _SCHEMA.split(";"):
-                    if statement.strip():
-                        self.db.execute(statement)
+            with self._lock, self._transaction():
+                self._create_tables()
                 self.db.execute("INSERT OR IGNORE INTO meta VALUES ('schema_version', ?)",
                                 (str(SCHEMA_VERSION),))
-                self.db.execute("COMMIT")
             self.schema_version = SCHEMA_VERSION
             return
         self.schema_version = int(row[0])
@@ -215,6 +260,68 @@ class Index:
             raise NotAnExperiment(
                 f"{self.path} was written with index schema {row[0]}; abgraph {__version__} "
                 f"reads schema {SCHEMA_VERSION} and older: upgrade abgraph to read it")
+        if _has_old_layout(self.db):
+            if create:
+                self._upgrade()
+            else:
+                _view_old_layout(self.db)
+                self._viewed = True
+
+    _viewed = False  # an index of schema 1 or 2, read through `_view_old_layout`
+
+    def _create_tables(self) -> None:
+        for statement in _SCHEMA.split(";"):
+            if statement.strip():
+                self.db.execute(statement)
+
+    def _upgrade(self) -> None:
+        """Rewrite an index of schema 1 or 2 as schema 3, in one transaction (readers
+        keep their snapshot meanwhile). The first write does it, never a browse."""
+        with self._lock:
+            _unview_old_layout(self.db)
+            self._viewed = False
+            with self._transaction():
+                if _has_old_layout(self.db):  # unless another process just did it
+                    self.db.execute("DROP INDEX IF EXISTS nodes_seq")
+                    self.db.execute("ALTER TABLE nodes RENAME TO nodes_before_3")
+                    self._create_tables()
+                    columns = ",".join(_NODE_COLUMNS)
+                    self.db.execute(f"INSERT INTO nodes ({columns}) SELECT {columns} "
+                                    f"FROM ({_old_layout_nodes('nodes_before_3')}) ORDER BY rowid")
+                    self.db.execute("INSERT INTO node_blobs SELECT id, blobs FROM nodes_before_3")
+                    for table in ("nodes_before_3", "edges", "tags"):
+                        self.db.execute(f"DROP TABLE {table}")
+                    self.db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(SCHEMA_VERSION),))
+        self.schema_version = SCHEMA_VERSION
+
+    def _writable(self) -> None:
+        """An old index being browsed is upgraded before its first write."""
+        if self._viewed:
+            self._upgrade()
+
+    def _follow_upgrade(self) -> None:
+        """Another process may have upgraded the old index this one browses."""
+        if self._viewed and not _has_old_layout(self.db):
+            _unview_old_layout(self.db)
+            self._viewed = False
+
+    @contextlib.contextmanager
+    def _transaction(self):
+        """BEGIN IMMEDIATE .. COMMIT, rolled back on any error; a full disk is said as such."""
+        self.db.execute("BEGIN IMMEDIATE")
+        try:
+            yield
+            self.db.execute("COMMIT")
+        except BaseException as error:
+            if self.db.in_transaction:  # SQLite rolls back by itself when the disk is full
+                self.db.execute("ROLLBACK")
+            if isinstance(error, sqlite3.OperationalError) and "full" in str(error):
+                raise DiskFull(f"disk full: {self._stored()} nodes stored in {self.path.parent}; "
+                               "rerun when space is freed (stored nodes are kept)") from None
+            if type(error) is sqlite3.DatabaseError:  # e.g. "database disk image is malformed"
+                raise DamagedIndex(f"{self.path} is damaged ({error}); "
+                                   "`abgraph verify --repair` keeps what is intact") from None
+            raise
 
     def close(self) -> None:
         self.db.close()
@@ -223,42 +330,32 @@ class Index:
     def write(self, records, results_only=()) -> None:
         """Store finished nodes in one transaction; never downgrade a done node.
         Records whose id is in `results_only` are stored nodes gaining probe results."""
+        self._writable()
         placeholders = ",".join("?" * len(_NODE_COLUMNS))
-        updates = ",".join(f"{c}=excluded.{c}" for c in _NODE_COLUMNS if c not in ("id", "seq"))
+        updates = ",".join(f"{c}=excluded.{c}" for c in _NODE_COLUMNS if c not in ("id", "seq", "tags"))
         upsert = (f"INSERT INTO nodes ({','.join(_NODE_COLUMNS)}) VALUES ({placeholders}) "
                   f"ON CONFLICT(id) DO UPDATE SET {updates} "
                   "WHERE nodes.status != 'done'")
-        with self._lock:
-            self.db.execute("BEGIN IMMEDIATE")
-            try:
-                seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM nodes").fetchone()[0]
-                for record in records:
-                    self.db.executemany("INSERT OR IGNORE INTO tags VALUES (?, ?)",
-                                        [(record.id, t) for t in record.tags])
-                    if record.id not in results_only:
-                        if record.blobs is None:
-                            raise ValueError(f"node {record.id[:12]} was read without its blobs (a browsing "
-                                             "read): read it with Index.records(blobs=True) to write it")
-                        record = self._from_stored_parents(record)
-                        seq += 1
-                        values = dict(record.fields(), seq=seq)
-                        row = [(_dumps(values[c]) if c in _JSON_COLUMNS else values[c]) for c in _NODE_COLUMNS]
-                        if not self.db.execute(upsert, row).rowcount:
-                            continue  # done already: its results belong to the stored payload
-                        self.db.executemany("INSERT OR REPLACE INTO edges VALUES (?, ?, ?)",
-                                            [(record.id, i, p) for i, p in enumerate(record.parents)])
-                    self.db.executemany(
-                        "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)",
-                        [(record.id, name, record.result_versions.get(name, ""), _dumps(value))
-                         for name, value in record.results.items()])
-                self.db.execute("COMMIT")
-            except BaseException as error:
-                if self.db.in_transaction:  # SQLite rolls back by itself when the disk is full
-                    self.db.execute("ROLLBACK")
-                if isinstance(error, sqlite3.OperationalError) and "full" in str(error):
-                    raise DiskFull(f"disk full: {self._stored()} nodes stored in {self.path.parent}; "
-                                   "rerun when space is freed (stored nodes are kept)") from None
-                raise
+        with self._lock, self._transaction():
+            seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM nodes").fetchone()[0]
+            tags: dict = {}
+            for record in records:
+                tags.setdefault(record.id, []).extend(record.tags)
+                if record.id not in results_only:
+                    if record.blobs is None:
+                        raise ValueError(f"node {record.id[:12]} was read without its blobs (a browsing "
+                                         "read): read it with Index.records(blobs=True) to write it")
+                    record = self._from_stored_parents(record)
+                    seq += 1
+                    if not self.db.execute(upsert, _row(record, seq)).rowcount:
+                        continue  # done already: its results belong to the stored payload
+                    self.db.execute("INSERT OR REPLACE INTO node_blobs VALUES (?, ?)",
+                                    (record.id, _dumps(record.blobs)))
+                self.db.executemany(
+                    "INSERT OR REPLACE INTO results VALUES (?, ?, ?, ?)",
+                    [(record.id, name, record.result_versions.get(name, ""), _dumps(value))
+                     for name, value in record.results.items()])
+            self._merge_tags(tags)
 
     def _from_stored_parents(self, record: NodeRecord) -> NodeRecord:
         """A child computed from a parent payload that is not the stored one (two runs
@@ -279,9 +376,25 @@ class Index:
         return self.db.execute("SELECT COUNT(*) FROM nodes WHERE status='done'").fetchone()[0]
 
     def add_tags(self, pairs) -> None:
-        """Tags are labels, not identity: a cached node gains the tags of a new run."""
-        with self._lock:
-            self.db.executemany("INSERT OR IGNORE INTO tags VALUES (?, ?)", list(pairs))
+        """Tags are labels, not identity: a stored node gains the tags of a new run
+        (a node not stored yet gets them with its record)."""
+        wanted: dict = {}
+        for node_id, tag in pairs:
+            wanted.setdefault(node_id, []).append(tag)
+        self._writable()
+        with self._lock, self._transaction():
+            self._merge_tags(wanted)
+
+    def _merge_tags(self, wanted: dict) -> None:
+        """Append each stored node's new tags (id -> tags), in order, once each."""
+        changed = []
+        for node_id, text in self.db.execute("SELECT id, tags FROM nodes WHERE id IN (SELECT value FROM json_each(?))",
+                                             (json.dumps(list(wanted)),)):
+            tags = _loads(text, node_id, "tags", self.path)
+            new = [tag for tag in dict.fromkeys(wanted[node_id]) if tag not in tags]
+            if new:
+                changed.append((json.dumps(tags + new), node_id))
+        self.db.executemany("UPDATE nodes SET tags=? WHERE id=?", changed)
 
     # -- reading ---------------------------------------------------------------
     def statuses(self) -> dict[str, tuple[str, str | None]]:
@@ -292,12 +405,14 @@ class Index:
     def mark_damaged(self, reasons: dict) -> None:
         """Done nodes whose blobs are missing or corrupted (id -> why): the next
         run recomputes them and may replace their record."""
+        self._writable()
         with self._lock:
             self.db.executemany("UPDATE nodes SET status='damaged', error=? WHERE id=? AND status='done'",
                                 [(why, node_id) for node_id, why in reasons.items()])
 
     def _query(self, sql, parameters=()):
         """Rows of `sql`; a table a crafted or damaged index lacks is said as such."""
+        self._follow_upgrade()
         try:
             return self.db.execute(sql, parameters).fetchall()
         except sqlite3.DatabaseError as error:
@@ -314,94 +429,80 @@ class Index:
         """All records (or those in `ids`), in the order they were written. Equal
         JSON values (a sweep's repeated properties) are decoded once and shared:
         records read back are for reading. `blobs=False` leaves every `blobs`
-        None: browsing never needs the digests, most of a real node's row. A row
-        abgraph never writes (a crafted or damaged index) raises `DamagedIndex`."""
+        None: browsing never needs the digests. A row abgraph never writes (a
+        crafted or damaged index) raises `DamagedIndex`."""
         with collector_paused(), self._lock:
-            # one read transaction: nodes, edges and tags from one snapshot, or a
-            # node committed between two of the reads would come without its parents
+            # one read transaction: nodes and results from one snapshot
             self.db.execute("BEGIN")
             try:
+                self._follow_upgrade()
                 return self._read_records(ids, blobs)
             finally:
                 self.db.execute("COMMIT")
 
     def _read_records(self, ids, blobs=True) -> list[NodeRecord]:
         wanted = set(ids) if ids is not None else None
-        edges: dict[str, list] = {}  # in the table's order (a scan, not an index walk), sorted below
-        for child, position, parent in self._query("SELECT child, position, parent FROM edges"):
-            edges.setdefault(child, []).append((position, parent))
-        parents = {child: [parent for _, parent in sorted(pairs)] for child, pairs in edges.items()}
-        tags: dict[str, list] = {}
-        for node, tag in self._query("SELECT node, tag FROM tags ORDER BY rowid"):
-            tags.setdefault(node, []).append(tag)
         results: dict[str, dict] = {}
         versions: dict[str, dict] = {}
         for node, name, version, value in self._query("SELECT node, name, version, value FROM results"):
             results.setdefault(node, {})[name] = _loads(value, node, f"result {name!r}", self.path)
             versions.setdefault(node, {})[name] = version
-        links = parents, tags, results, versions
-        return self._read_fast(wanted, links, blobs) or self._read_checked(wanted, links, blobs)
+        return (self._read_fast(wanted, results, versions, blobs)
+                or self._read_checked(wanted, results, versions, blobs))
 
-    def _read_fast(self, wanted, links, blobs=True) -> list[NodeRecord] | None:
+    def _read_fast(self, wanted, results, versions, blobs=True) -> list[NodeRecord] | None:
         """Every row at C speed: SQLite checks the shapes of all rows in one query
         and decodes every row's metrics in one JSON text; equal JSON texts (a
-        sweep's properties) are decoded once. None when a row is not as abgraph
-        writes it: `_read_checked` then names it."""
+        sweep's properties and tags) are decoded once. None when a row is not as
+        abgraph writes it: `_read_checked` then names it."""
         try:
             if self.db.execute(_ODD_ROW[blobs]).fetchone() is not None:
                 return None
             # table order (no sort): a run writes with rising seq, checked below
-            rows = self.db.execute(f"SELECT {_FAST_COLUMNS[blobs]} FROM nodes ORDER BY rowid").fetchall()
+            rows = self.db.execute(f"{_FAST_ROWS[blobs]} ORDER BY nodes.rowid").fetchall()
             metrics = json.loads(self.db.execute(
                 "SELECT json_group_array(json(metrics)) FROM (SELECT metrics FROM nodes ORDER BY rowid)"
             ).fetchone()[0])
         except (sqlite3.DatabaseError, ValueError):
             return None
-        parents, tags, results, versions = links
         maps, lists = _SharedJSON(dict), _SharedJSON(list)  # one per kind: '{}' is not '[]'
         records = []
         for row, measured in zip(rows, metrics):
             (node, seq, recipe, recipe_properties, recipe_version, properties, state_class, status, error,
-             started, finished, duration, payload, attributes, digests, environment) = row
+             started, finished, duration, payload, attributes, parents, tags, environment, digests) = row
             if wanted is not None and node not in wanted:
                 continue
             if type(measured) is not dict:
                 return None
             records.append(NodeRecord(
-                node, parents.get(node, []), recipe, maps[recipe_properties], recipe_version, maps[properties],
-                state_class, tags.get(node, []), status, error, started, finished, duration, payload,
+                node, parents.split(), recipe, maps[recipe_properties], recipe_version, maps[properties],
+                state_class, lists[tags], status, error, started, finished, duration, payload,
                 lists[attributes], None if digests is None else json.loads(digests) if digests != "[]" else [],
-                measured, results.get(node, {}),
-                versions.get(node, {}), maps[environment], seq, ()))
-        if maps.odd or lists.odd:
+                measured, results.get(node, {}), versions.get(node, {}), maps[environment], seq, ()))
+        if maps.odd or lists.odd or not _hex_only([r.payload for r in records if r.payload is not None]):
             return None
         seqs = [record.seq for record in records]
         if not all(map(operator.lt, seqs, seqs[1:])):  # rows written out of order (a repaired index)
             records.sort(key=lambda record: (record.seq, record.id))
         return records
 
-    def _read_checked(self, wanted, links, blobs=True) -> list[NodeRecord]:
+    def _read_checked(self, wanted, results, versions, blobs=True) -> list[NodeRecord]:
         """Row by row, each column checked in Python: slow, and says which row is odd."""
-        parents, tags, results, versions = links
-        rows = self._query(f"SELECT {','.join(_NODE_COLUMNS)} FROM nodes ORDER BY seq, id")
+        rows = self._query(f"{_ROWS[blobs]} ORDER BY seq, id")
         records = []
         decoded: dict = {}  # JSON text -> value: a sweep repeats its properties and environment
         for row in rows:
             if wanted is not None and row[0] not in wanted:
                 continue
             values = decode_row(row, self.path, decoded)
-            if not blobs:
-                values["blobs"] = None
             node = values["id"]
-            record = NodeRecord(**dict(values, parents=parents.get(node, []), tags=tags.get(node, []),
-                                       results=results.get(node, {}), result_versions=versions.get(node, {})))
-            check_links(record, self.path)
-            records.append(record)
+            records.append(NodeRecord(**values, results=results.get(node, {}),
+                                      result_versions=versions.get(node, {})))
         return records
 
     def blobs_of(self, node_id) -> list[str]:
         """A node's blob digests, its row checked (browsing reads records without them)."""
-        rows = self._query(f"SELECT {','.join(_NODE_COLUMNS)} FROM nodes WHERE id=?", (node_id,))
+        rows = self._query(f"{_ROWS[True]} WHERE nodes.id=?", (node_id,))
         if not rows:
             raise KeyError(f"no node {node_id} in {self.path}")
         return decode_row(rows[0], self.path)["blobs"]
@@ -438,10 +539,11 @@ def _loads(text, node, column, path):
 
 
 def decode_row(row, path, decoded=None) -> dict:
-    """A `nodes` row as NodeRecord fields, every column of the shape abgraph writes;
-    `decoded` (JSON text -> value) shares the values of equal texts."""
+    """A row of `_RECORD_COLUMNS` as NodeRecord fields, every column of the shape
+    abgraph writes (blobs None: read without them); `decoded` (JSON text -> value)
+    shares the values of equal texts."""
     from .objects import DIGEST
-    values = dict(zip(_NODE_COLUMNS, row))
+    values = dict(zip(_RECORD_COLUMNS, row))
     node = values["id"]
     decoded = {} if decoded is None else decoded
 
@@ -451,7 +553,7 @@ def decode_row(row, path, decoded=None) -> dict:
                             "`abgraph verify --repair` keeps the intact nodes")
     if not isinstance(node, str) or not node:
         raise refuse("id", "a node id")
-    for column in _JSON_COLUMNS:
+    for column in _JSON_COLUMNS + (("blobs",) if values["blobs"] is not None else ()):
         text = values[column]
         value = decoded.get(text) if isinstance(text, str) else None
         if value is None:
@@ -462,10 +564,14 @@ def decode_row(row, path, decoded=None) -> dict:
     for column in _DICT_COLUMNS:
         if not isinstance(values[column], dict):
             raise refuse(column, "a JSON object")
-    if not (isinstance(values["attributes"], list) and all(isinstance(a, str) for a in values["attributes"])):
-        raise refuse("attributes", "a list of names")
-    if not (isinstance(values["blobs"], list) and all(isinstance(b, str) and DIGEST.fullmatch(b)
-                                                      for b in values["blobs"])):
+    for column in ("attributes", "tags"):
+        if not (isinstance(values[column], list) and all(isinstance(a, str) for a in values[column])):
+            raise refuse(column, "a list of names")
+    if not isinstance(values["parents"], str) or node in values["parents"].split():
+        raise refuse("parents", "the ids of other nodes")
+    values["parents"] = values["parents"].split()
+    if values["blobs"] is not None and not (isinstance(values["blobs"], list) and all(
+            isinstance(b, str) and DIGEST.fullmatch(b) for b in values["blobs"])):
         raise refuse("blobs", "a list of blob digests")
     if values["payload"] is not None and not (isinstance(values["payload"], str)
                                               and DIGEST.fullmatch(values["payload"])):
@@ -481,10 +587,11 @@ def decode_row(row, path, decoded=None) -> dict:
     return values
 
 
-def check_links(record: NodeRecord, path) -> None:
-    """Parents and tags as abgraph writes them: strings, no node its own parent."""
-    if record.id in record.parents or not all(isinstance(p, str) for p in record.parents):
-        raise DamagedIndex(f"{path}: node {record.id[:12]} lists itself (or a non-id) among its "
-                           "parents; `abgraph verify --repair` keeps the intact nodes")
-    if not all(isinstance(t, str) for t in record.tags):
-        raise DamagedIndex(f"{path}: node {record.id[:12]} has a tag that is not text")
+def _row(record: NodeRecord, seq: int) -> list:
+    """A record as a `nodes` row (its blobs go to `node_blobs`)."""
+    values = dict(record.fields(), seq=seq, parents=" ".join(record.parents),
+                  tags=list(dict.fromkeys(record.tags)))
+    if values["parents"].split() != list(record.parents):
+        raise ValueError(f"node {record.id[:12]} has a parent id that is empty or holds a space: "
+                         f"{record.parents!r}")
+    return [_dumps(values[c]) if c in _JSON_COLUMNS else values[c] for c in _NODE_COLUMNS]

@@ -10,7 +10,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from .index import INDEX_NAME, DamagedIndex, Index, NotAnExperiment, check_links, decode_row
+from .index import _ROWS, INDEX_NAME, DamagedIndex, Index, NotAnExperiment, decode_row
 from .objects import check_digest
 
 
@@ -32,7 +32,8 @@ def referenced(index) -> dict[str, set]:
     proves nothing unreferenced)."""
     needs = {}
     for node_id, payload, blobs in index._query(
-            "SELECT id, payload, blobs FROM nodes WHERE status IN ('done', 'damaged')"):
+            "SELECT id, payload, digests FROM nodes LEFT JOIN node_blobs ON node_blobs.node = nodes.id "
+            "WHERE status IN ('done', 'damaged')"):
         try:
             digests = set(json.loads(blobs)) | ({payload} if payload else set())
             needs[node_id] = {check_digest(d) for d in digests}
@@ -214,9 +215,8 @@ def repair(directory) -> RepairReport:
     index = Index(directory, create=True)
     try:
         for key, value in meta.items():
-            if key != "schema_version":
+            if key != "schema_version":  # the rebuilt index has this version's schema
                 index.set_meta(key, json.loads(value))
-        index.set_meta("schema_version", int(meta.get("schema_version", index.schema_version)))
         index.write(rows)
         intact = {}
         for record in rows:
@@ -236,8 +236,8 @@ def repair(directory) -> RepairReport:
 
 
 def _salvage(path: Path, report: RepairReport):
-    """Readable, well-formed node records and meta of a damaged index."""
-    from .index import _NODE_COLUMNS, NodeRecord
+    """Readable, well-formed node records and meta of a damaged index (of any schema)."""
+    from .index import NodeRecord, _has_old_layout, _view_old_layout
     try:
         db = sqlite3.connect(f"{path.absolute().as_uri()}?mode=ro", uri=True)
     except sqlite3.Error as error:
@@ -251,24 +251,22 @@ def _salvage(path: Path, report: RepairReport):
             report.lost[what] = f"unreadable: {error}"
             return []
     meta = dict(read("SELECT key, value FROM meta", "meta table"))
-    parents, tags, results = {}, {}, {}
-    for child, _, parent in sorted(read("SELECT child, position, parent FROM edges", "edges table")):
-        parents.setdefault(child, []).append(parent)
-    for node, tag in read("SELECT node, tag FROM tags", "tags table"):
-        tags.setdefault(node, []).append(tag)
+    try:
+        if _has_old_layout(db):
+            _view_old_layout(db)
+    except sqlite3.Error as error:
+        report.lost["schema"] = f"unreadable: {error}"
+    results = {}
     for node, name, version, value in read("SELECT node, name, version, value FROM results", "results table"):
         results.setdefault(node, []).append((name, version, value))
-    rows = read(f"SELECT {','.join(_NODE_COLUMNS)} FROM nodes ORDER BY seq", "nodes table")
+    rows = read(f"{_ROWS[True]} ORDER BY seq", "nodes table")
     if not rows and "nodes table" in report.lost:
-        rows = _row_by_row(db, _NODE_COLUMNS, report)
+        rows = _row_by_row(db, report)
     db.close()
     records = []
     for row in rows:
         try:
-            values = decode_row(row, path)
-            record = NodeRecord(parents=parents.get(values["id"], []), tags=tags.get(values["id"], []),
-                                **values)
-            check_links(record, path)
+            record = NodeRecord(**decode_row(row, path))
             for name, version, value in results.get(record.id, []):
                 record.results[name], record.result_versions[name] = json.loads(value), version
         except (DamagedIndex, ValueError, TypeError) as error:
@@ -285,7 +283,7 @@ def _salvage(path: Path, report: RepairReport):
         records = [r for r in records if r.id not in report.lost]
 
 
-def _row_by_row(db, columns, report):
+def _row_by_row(db, report):
     """Rows of a `nodes` table whose full scan fails: each rowid on its own."""
     try:
         last = db.execute("SELECT MAX(rowid) FROM nodes").fetchone()[0] or 0
@@ -294,7 +292,7 @@ def _row_by_row(db, columns, report):
     rows = []
     for rowid in range(1, last + 1):
         try:
-            row = db.execute(f"SELECT {','.join(columns)} FROM nodes WHERE rowid=?", (rowid,)).fetchone()
+            row = db.execute(f"{_ROWS[True]} WHERE nodes.rowid=?", (rowid,)).fetchone()
         except sqlite3.Error as error:
             report.lost[f"row {rowid}"] = f"unreadable: {error}"
             continue
