@@ -317,7 +317,6 @@ class ExperimentGraph:
         self.objects = objects
         self.experiment = experiment
         self._by_id = {}
-        self._children: dict[str, list] = {}
         templates: dict = {}  # a sweep's records share their property dicts: one node template each
         for record in records:
             key = (id(record.properties), id(record.attributes))
@@ -326,11 +325,17 @@ class ExperimentGraph:
                 properties = {k: readable(v) for k, v in record.properties.items()}
                 template = templates[key] = state_class._create(properties, None, self, record.attributes,
                                                                 experiment)
-            node = template._copy_for(record)
-            self._by_id[record.id] = node
-            for parent in record.parents:
-                self._children.setdefault(parent, []).append(record.id)
+            self._by_id[record.id] = template._copy_for(record)
         self._depth: dict[str, int] = {}
+
+    @cached_property
+    def _children(self) -> dict:
+        """id -> its children's ids, built when first asked (a browse may never)."""
+        children: dict[str, list] = {}
+        for node_id, node in self._by_id.items():
+            for parent in node._ab_record.parents:
+                children.setdefault(parent, []).append(node_id)
+        return children
 
     @cached_property
     def nodes(self) -> NodeSet:

@@ -9,12 +9,14 @@ recomputed and replaced.
 from __future__ import annotations
 
 import contextlib
+import itertools
 import json
 import operator
 import os
 import sqlite3
 import threading
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
@@ -163,6 +165,10 @@ SELECT 1 FROM nodes WHERE typeof(id) != 'text' OR id = ''
 LIMIT 1""" for read_blobs in (True, False)}
 
 
+_ALL_METRICS = "SELECT json_group_array(json(metrics)) FROM (SELECT metrics FROM nodes ORDER BY rowid)"
+_GENERATION = "SELECT value FROM meta WHERE key = 'generation'"
+
+
 def _hex_only(texts) -> bool:
     """Whether the texts hold lowercase hex digits only: one pass in C over all of them."""
     return not "".join(texts).encode("ascii", "replace").translate(None, b"0123456789abcdef")
@@ -307,10 +313,13 @@ class Index:
 
     @contextlib.contextmanager
     def _transaction(self):
-        """BEGIN IMMEDIATE .. COMMIT, rolled back on any error; a full disk is said as such."""
+        """BEGIN IMMEDIATE .. COMMIT, rolled back on any error; a full disk is said as such.
+        Each counts one more generation of the index (see `_checks_beside`)."""
         self.db.execute("BEGIN IMMEDIATE")
         try:
             yield
+            self.db.execute("INSERT INTO meta VALUES ('generation', '1') "
+                            "ON CONFLICT(key) DO UPDATE SET value = value + 1")
             self.db.execute("COMMIT")
         except BaseException as error:
             if self.db.in_transaction:  # SQLite rolls back by itself when the disk is full
@@ -406,7 +415,7 @@ class Index:
         """Done nodes whose blobs are missing or corrupted (id -> why): the next
         run recomputes them and may replace their record."""
         self._writable()
-        with self._lock:
+        with self._lock, self._transaction():
             self.db.executemany("UPDATE nodes SET status='damaged', error=? WHERE id=? AND status='done'",
                                 [(why, node_id) for node_id, why in reasons.items()])
 
@@ -452,28 +461,34 @@ class Index:
 
     def _read_fast(self, wanted, results, versions, blobs=True) -> list[NodeRecord] | None:
         """Every row at C speed: SQLite checks the shapes of all rows in one query
-        and decodes every row's metrics in one JSON text; equal JSON texts (a
-        sweep's properties and tags) are decoded once. None when a row is not as
-        abgraph writes it: `_read_checked` then names it."""
+        and gives every row's metrics in one JSON text, in a thread while the rows
+        are read; equal JSON texts (a sweep's properties and tags) are decoded
+        once. None when a row is not as abgraph writes it: `_read_checked` then
+        names it."""
         try:
-            if self.db.execute(_ODD_ROW[blobs]).fetchone() is not None:
+            with ThreadPoolExecutor(1) as pool:
+                beside = None if self._viewed else pool.submit(self._checks_beside, blobs)
+                generation = self.db.execute(_GENERATION).fetchone()
+                # table order (no sort): a run writes with rising seq, checked below
+                rows = self.db.execute(f"{_FAST_ROWS[blobs]} ORDER BY nodes.rowid").fetchall()
+            seen, metrics = beside.result() if beside else (None, None)
+            if beside is None or seen != generation:  # a write committed between the two reads
+                metrics = self._checks(self.db, blobs)
+            if metrics is None:
                 return None
-            # table order (no sort): a run writes with rising seq, checked below
-            rows = self.db.execute(f"{_FAST_ROWS[blobs]} ORDER BY nodes.rowid").fetchall()
-            metrics = json.loads(self.db.execute(
-                "SELECT json_group_array(json(metrics)) FROM (SELECT metrics FROM nodes ORDER BY rowid)"
-            ).fetchone()[0])
+            metrics = json.loads(metrics)
         except (sqlite3.DatabaseError, ValueError):
             return None
+        if set(map(type, metrics)) - {dict}:
+            return None
+        if wanted is not None:
+            keep = [row[0] in wanted for row in rows]
+            rows, metrics = list(itertools.compress(rows, keep)), list(itertools.compress(metrics, keep))
         maps, lists = _SharedJSON(dict), _SharedJSON(list)  # one per kind: '{}' is not '[]'
         records = []
         for row, measured in zip(rows, metrics):
             (node, seq, recipe, recipe_properties, recipe_version, properties, state_class, status, error,
              started, finished, duration, payload, attributes, parents, tags, environment, digests) = row
-            if wanted is not None and node not in wanted:
-                continue
-            if type(measured) is not dict:
-                return None
             records.append(NodeRecord(
                 node, parents.split(), recipe, maps[recipe_properties], recipe_version, maps[properties],
                 state_class, lists[tags], status, error, started, finished, duration, payload,
@@ -485,6 +500,24 @@ class Index:
         if not all(map(operator.lt, seqs, seqs[1:])):  # rows written out of order (a repaired index)
             records.sort(key=lambda record: (record.seq, record.id))
         return records
+
+    @staticmethod
+    def _checks(db, blobs: bool) -> str | None:
+        """Every row's metrics as one JSON text, or None if a row is not as abgraph writes it."""
+        if db.execute(_ODD_ROW[blobs]).fetchone() is not None:
+            return None
+        return db.execute(_ALL_METRICS).fetchone()[0]
+
+    def _checks_beside(self, blobs: bool) -> tuple:
+        """`_checks` on a connection of its own (meant for a thread: SQLite releases
+        the GIL while it scans, as the rows are read), with the index's generation
+        it read at: the same as the reader's, or no write came in between."""
+        db = self._connect()
+        try:
+            db.execute("BEGIN")
+            return db.execute(_GENERATION).fetchone(), self._checks(db, blobs)
+        finally:
+            db.close()
 
     def _read_checked(self, wanted, results, versions, blobs=True) -> list[NodeRecord]:
         """Row by row, each column checked in Python: slow, and says which row is odd."""
