@@ -405,15 +405,17 @@ def to_old_layout(directory, schema: int = 2) -> None:
     with contextlib.closing(sqlite3.connect(Path(directory) / "abgraph.sqlite")) as db, db:
         db.executescript(_OLD_LAYOUT)
         rows = db.execute(
-            "SELECT id, seq, recipe, recipe_properties, recipe_version, properties, state_class, status, "
+            "SELECT nodes.id, seq, recipe, recipe_properties, recipe_version, properties, state_class, status, "
             "error, started, finished, duration, payload, attributes, digests, metrics, environment, "
-            "parents, tags FROM nodes JOIN node_blobs ON node_blobs.node = nodes.id ORDER BY nodes.rowid"
+            "parents, tags FROM nodes JOIN node_blobs ON node_blobs.node = nodes.id "
+            "JOIN kinds ON kinds.id = nodes.kind ORDER BY nodes.rowid"
         ).fetchall()
         for row in rows:
             db.execute(f"INSERT INTO old_nodes VALUES ({','.join('?' * 17)})", row[:17])
             db.executemany("INSERT INTO edges VALUES (?, ?, ?)",
                            [(row[0], i, parent) for i, parent in enumerate(row[17].split())])
             db.executemany("INSERT INTO tags VALUES (?, ?)", [(row[0], tag) for tag in json.loads(row[18])])
-        db.executescript("DROP TABLE nodes; DROP TABLE node_blobs; ALTER TABLE old_nodes RENAME TO nodes; "
+        db.executescript("DROP TABLE nodes; DROP TABLE node_blobs; DROP TABLE kinds; "
+                         "ALTER TABLE old_nodes RENAME TO nodes; "
                          "CREATE INDEX nodes_seq ON nodes (seq);")
         db.execute("UPDATE meta SET value=? WHERE key='schema_version'", (str(schema),))

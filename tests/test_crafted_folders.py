@@ -99,9 +99,13 @@ def execute_sql(directory, *statements):
 
 
 def set_column(directory, node_id, column, value):
-    """Craft one value of a stored record (its blob digests live in a table of their own)."""
-    execute_sql(directory, ("UPDATE node_blobs SET digests=? WHERE node=?" if column == "blobs"
-                            else f"UPDATE nodes SET {column}=? WHERE id=?", (value, node_id)))
+    """Craft one value of a stored record: in its row, its blob digests or its kind (what
+    made it, shared with the nodes made the same way)."""
+    from abgraph.store.index import _KIND_COLUMNS
+    update = ("UPDATE node_blobs SET digests=? WHERE node=?" if column == "blobs" else
+              f"UPDATE kinds SET {column}=? WHERE id=(SELECT kind FROM nodes WHERE id=?)"
+              if column in _KIND_COLUMNS else f"UPDATE nodes SET {column}=? WHERE id=?")
+    execute_sql(directory, (update, (value, node_id)))
 
 
 # -- gc --------------------------------------------------------------------------------
@@ -277,7 +281,8 @@ def test_rows_of_the_wrong_shape_give_a_clear_error(tmp_path, column, value, exp
 def test_a_dropped_table_gives_a_clear_error(tmp_path):
     exp = small(tmp_path / "exp")
     node = list(records_by_id(exp.directory))[-1]
-    for table, commands in (("nodes", ["ls", "report", "verify"]), ("results", ["ls", "report", "verify"]),
+    for table, commands in (("nodes", ["ls", "report", "verify"]), ("kinds", ["ls", "report", "verify"]),
+                            ("results", ["ls", "report", "verify"]),
                             ("node_blobs", [["show", node], "verify"])):  # browsing reads no blob digests
         crafted = copy_experiment(exp.directory, tmp_path / table)
         execute_sql(crafted, f"DROP TABLE {table}")

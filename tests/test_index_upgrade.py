@@ -50,7 +50,7 @@ def test_an_old_index_is_browsed_unchanged_then_upgraded_by_the_first_write(stud
     assert {"edges", "tags"} <= tables(folder)
 
     Index(folder, create=True).close()  # what `abgraph.Experiment(folder)` opens to run
-    assert schema(folder) == "3" and tables(folder) == {"meta", "nodes", "node_blobs", "results"}
+    assert schema(folder) == "3" and tables(folder) == {"meta", "kinds", "nodes", "node_blobs", "results"}
     assert stored(records_by_id(folder).values()) == expected
 
 

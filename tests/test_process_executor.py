@@ -174,7 +174,8 @@ def verify(directory) -> subprocess.CompletedProcess:
                           timeout=TIMEOUT)
 
 
-def index_rows(directory, query="SELECT id, status, payload, error, environment FROM nodes"):
+def index_rows(directory, query="SELECT nodes.id, status, payload, error, environment "
+                                "FROM nodes JOIN kinds ON kinds.id = nodes.kind"):
     db = sqlite3.connect(f"file:{Path(directory) / 'abgraph.sqlite'}?mode=ro", uri=True, timeout=30)
     try:
         return db.execute(query).fetchall()

@@ -23,8 +23,8 @@ from pathlib import Path
 from ..bulk import collector_paused
 from .objects import DiskFull
 
-# 3: a node's parents and tags in its row, its blob digests in a table of their own
-#    (browsing scans narrow rows and reads no other table);
+# 3: a node's parents and tags in its row; what made it (its kind) and its blob digests
+#    in tables of their own: browsing scans narrow rows and decodes each kind once;
 # 2: blobs in 16 folders (objects/a/bcdef...); 1: in 256 (objects/ab/cdef...), still read.
 # An index of 1 or 2 is read through views (`_view_old_layout`) and upgraded by the first write.
 SCHEMA_VERSION = 3
@@ -70,28 +70,33 @@ class NodeRecord:
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
+CREATE TABLE IF NOT EXISTS kinds (
+    id INTEGER PRIMARY KEY, recipe TEXT NOT NULL, recipe_properties TEXT NOT NULL,
+    recipe_version TEXT NOT NULL, properties TEXT NOT NULL, state_class TEXT NOT NULL,
+    attributes TEXT NOT NULL, environment TEXT NOT NULL,
+    UNIQUE (recipe, recipe_properties, recipe_version, properties, state_class, attributes, environment));
 CREATE TABLE IF NOT EXISTS nodes (
-    id TEXT PRIMARY KEY, seq INTEGER NOT NULL, recipe TEXT NOT NULL,
-    recipe_properties TEXT NOT NULL, recipe_version TEXT NOT NULL,
-    properties TEXT NOT NULL, state_class TEXT NOT NULL, status TEXT NOT NULL,
+    id TEXT PRIMARY KEY, seq INTEGER NOT NULL, kind INTEGER NOT NULL, status TEXT NOT NULL,
     error TEXT, started REAL, finished REAL, duration REAL, payload TEXT,
-    attributes TEXT NOT NULL, parents TEXT NOT NULL, tags TEXT NOT NULL,
-    metrics TEXT NOT NULL, environment TEXT NOT NULL);
+    parents TEXT NOT NULL, tags TEXT NOT NULL, metrics TEXT NOT NULL);
 CREATE INDEX IF NOT EXISTS nodes_seq ON nodes (seq);
 CREATE TABLE IF NOT EXISTS node_blobs (node TEXT PRIMARY KEY, digests TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS results (
     node TEXT NOT NULL, name TEXT NOT NULL, version TEXT NOT NULL, value TEXT NOT NULL,
     PRIMARY KEY (node, name));
 """
+# A kind: what made a node besides its parents, and where. A sweep's nodes share a
+# few hundred kinds: a row holds the kind's number, read once per kind.
+_KIND_COLUMNS = ("recipe", "recipe_properties", "recipe_version", "properties", "state_class",
+                 "attributes", "environment")
 # parents: ids in order, separated by spaces (ids are hex): split at C speed, always strings.
 # tags: a JSON list, in the order they were added.
-_NODE_COLUMNS = ("id", "seq", "recipe", "recipe_properties", "recipe_version", "properties",
-                 "state_class", "status", "error", "started", "finished", "duration", "payload",
-                 "attributes", "parents", "tags", "metrics", "environment")
+_NODE_COLUMNS = ("id", "seq", "status", "error", "started", "finished", "duration", "payload",
+                 "parents", "tags", "metrics")
 _JSON_COLUMNS = ("recipe_properties", "properties", "attributes", "tags", "metrics", "environment")
 _DICT_COLUMNS = ("recipe_properties", "properties", "metrics", "environment")
-# a record's columns: the row and its blob digests (NULL: read without them)
-_RECORD_COLUMNS = _NODE_COLUMNS + ("blobs",)
+# a record: its row, its kind and its blob digests (NULL: read without them)
+_RECORD_COLUMNS = _NODE_COLUMNS + _KIND_COLUMNS + ("blobs",)
 
 
 def _select_rows(columns, read_blobs: bool) -> str:
@@ -100,21 +105,26 @@ def _select_rows(columns, read_blobs: bool) -> str:
     return f"SELECT {','.join(columns)}, {blobs}"
 
 
-_ROWS = {read_blobs: _select_rows(_NODE_COLUMNS, read_blobs) for read_blobs in (True, False)}
-# without metrics: the fast read decodes them all in one JSON text
-_FAST_ROWS = {read_blobs: _select_rows([c for c in _NODE_COLUMNS if c != "metrics"], read_blobs)
-              for read_blobs in (True, False)}
+_NAMED = [f"nodes.{c}" for c in _NODE_COLUMNS] + [f"kinds.{c}" for c in _KIND_COLUMNS]
+# every column of each record (a kind that is missing reads NULL); for reads that check each row
+_ROWS = {read_blobs: _select_rows(_NAMED, read_blobs) + " LEFT JOIN kinds ON kinds.id = nodes.kind"
+         for read_blobs in (True, False)}
+# the rows with their kind's number, without metrics: the fast read takes those in one JSON text
+_FAST_COLUMNS = [f"nodes.{c}" for c in _NODE_COLUMNS if c != "metrics"] + ["nodes.kind"]
+_FAST_ROWS = {read_blobs: _select_rows(_FAST_COLUMNS, read_blobs) for read_blobs in (True, False)}
+_KINDS = f"SELECT id, {','.join(_KIND_COLUMNS)} FROM kinds"
 
 
-def _old_layout_nodes(table: str) -> str:
+def _old_layout_nodes(table: str, kind: str) -> str:
     """The rows of an index of schema 1 or 2 (parents and tags in tables of their own,
-    blob digests in the row) in the columns of schema 3."""
-    return f"""SELECT old.rowid AS rowid, id, seq, recipe, recipe_properties, recipe_version, properties,
- state_class, status, error, started, finished, duration, payload, attributes,
+    a node's kind and blob digests in its row) in the columns of schema 3 (`kind`:
+    the expression giving each row's kind)."""
+    return f"""SELECT old.rowid AS rowid, id, seq, {kind} AS kind, status, error, started, finished,
+ duration, payload,
  coalesce((SELECT group_concat(parent, ' ') FROM
            (SELECT parent FROM main.edges WHERE child = old.id ORDER BY position)), '') AS parents,
  (SELECT json_group_array(tag) FROM (SELECT tag FROM main.tags WHERE node = old.id ORDER BY rowid)) AS tags,
- metrics, environment FROM {table} AS old"""
+ metrics FROM {table} AS old"""
 
 
 def _has_old_layout(db) -> bool:
@@ -125,13 +135,14 @@ def _view_old_layout(db) -> None:
     """Read an index of schema 1 or 2 as schema 3 through views named like the
     new tables (temporary ones, which shadow the old in this connection only):
     browsing an old experiment changes nothing in its folder."""
-    db.execute(f"CREATE TEMP VIEW IF NOT EXISTS nodes AS {_old_layout_nodes('main.nodes')}")
+    db.execute(f"CREATE TEMP VIEW IF NOT EXISTS nodes AS {_old_layout_nodes('main.nodes', 'old.rowid')}")
+    db.execute(f"CREATE TEMP VIEW IF NOT EXISTS kinds AS SELECT rowid AS id, {','.join(_KIND_COLUMNS)} FROM main.nodes")
     db.execute("CREATE TEMP VIEW IF NOT EXISTS node_blobs AS SELECT id AS node, blobs AS digests FROM main.nodes")
 
 
 def _unview_old_layout(db) -> None:
-    db.execute("DROP VIEW IF EXISTS temp.nodes")
-    db.execute("DROP VIEW IF EXISTS temp.node_blobs")
+    for view in ("nodes", "kinds", "node_blobs"):
+        db.execute(f"DROP VIEW IF EXISTS temp.{view}")
 
 
 def _dumps(value) -> str:
@@ -152,12 +163,11 @@ UNION ALL SELECT 1 FROM nodes LEFT JOIN node_blobs ON node_blobs.node = nodes.id
  OR EXISTS (SELECT 1 FROM json_each(digests) WHERE {_NOT_DIGEST.format("value")})"""
 # a row abgraph never writes (instr: a node among its own parents); json_each raises
 # on text that is not JSON. The blobs' check is most of the work on real rows: only
-# a read that returns them does it. The JSON columns are checked as they are decoded,
-# the payloads' characters all at once (`_hex_only`: GLOB takes 10 times as long)
+# a read that returns them does it. The kinds and JSON columns are checked as they are
+# decoded, the payloads' characters all at once (`_hex_only`: GLOB takes 10 times as long)
 _ODD_ROW = {read_blobs: f"""
-SELECT 1 FROM nodes WHERE typeof(id) != 'text' OR id = ''
+SELECT 1 FROM nodes WHERE typeof(id) != 'text' OR id = '' OR typeof(kind) != 'integer'
  OR status NOT IN ({", ".join(map(repr, STATUSES))})
- OR typeof(recipe) != 'text' OR typeof(recipe_version) != 'text' OR typeof(state_class) != 'text'
  OR typeof(started) NOT IN {_NUMBER_OR_NULL} OR typeof(finished) NOT IN {_NUMBER_OR_NULL}
  OR typeof(duration) NOT IN {_NUMBER_OR_NULL}
  OR typeof(parents) != 'text' OR instr(parents, id) OR typeof(tags) != 'text'
@@ -291,9 +301,14 @@ class Index:
                     self.db.execute("DROP INDEX IF EXISTS nodes_seq")
                     self.db.execute("ALTER TABLE nodes RENAME TO nodes_before_3")
                     self._create_tables()
-                    columns = ",".join(_NODE_COLUMNS)
-                    self.db.execute(f"INSERT INTO nodes ({columns}) SELECT {columns} "
-                                    f"FROM ({_old_layout_nodes('nodes_before_3')}) ORDER BY rowid")
+                    kinds = ",".join(_KIND_COLUMNS)
+                    self.db.execute(f"INSERT OR IGNORE INTO kinds ({kinds}) SELECT {kinds} FROM nodes_before_3 "
+                                    "ORDER BY rowid")
+                    kind = " AND ".join(f"kinds.{c} = old.{c}" for c in _KIND_COLUMNS)
+                    columns = ",".join(_NODE_COLUMNS + ("kind",))
+                    self.db.execute(f"INSERT INTO nodes ({columns}) SELECT {columns} FROM "
+                                    f"({_old_layout_nodes('nodes_before_3', f'(SELECT id FROM kinds WHERE {kind})')})"
+                                    " ORDER BY rowid")
                     self.db.execute("INSERT INTO node_blobs SELECT id, blobs FROM nodes_before_3")
                     for table in ("nodes_before_3", "edges", "tags"):
                         self.db.execute(f"DROP TABLE {table}")
@@ -340,14 +355,15 @@ class Index:
         """Store finished nodes in one transaction; never downgrade a done node.
         Records whose id is in `results_only` are stored nodes gaining probe results."""
         self._writable()
-        placeholders = ",".join("?" * len(_NODE_COLUMNS))
-        updates = ",".join(f"{c}=excluded.{c}" for c in _NODE_COLUMNS if c not in ("id", "seq", "tags"))
-        upsert = (f"INSERT INTO nodes ({','.join(_NODE_COLUMNS)}) VALUES ({placeholders}) "
+        columns = _NODE_COLUMNS + ("kind",)
+        updates = ",".join(f"{c}=excluded.{c}" for c in columns if c not in ("id", "seq", "tags"))
+        upsert = (f"INSERT INTO nodes ({','.join(columns)}) VALUES ({','.join('?' * len(columns))}) "
                   f"ON CONFLICT(id) DO UPDATE SET {updates} "
                   "WHERE nodes.status != 'done'")
         with self._lock, self._transaction():
             seq = self.db.execute("SELECT COALESCE(MAX(seq), 0) FROM nodes").fetchone()[0]
             tags: dict = {}
+            kinds: dict = {}
             for record in records:
                 tags.setdefault(record.id, []).extend(record.tags)
                 if record.id not in results_only:
@@ -356,7 +372,7 @@ class Index:
                                          "read): read it with Index.records(blobs=True) to write it")
                     record = self._from_stored_parents(record)
                     seq += 1
-                    if not self.db.execute(upsert, _row(record, seq)).rowcount:
+                    if not self.db.execute(upsert, _row(record, seq, self._kind(record, kinds))).rowcount:
                         continue  # done already: its results belong to the stored payload
                     self.db.execute("INSERT OR REPLACE INTO node_blobs VALUES (?, ?)",
                                     (record.id, _dumps(record.blobs)))
@@ -365,6 +381,18 @@ class Index:
                     [(record.id, name, record.result_versions.get(name, ""), _dumps(value))
                      for name, value in record.results.items()])
             self._merge_tags(tags)
+
+    def _kind(self, record: NodeRecord, known: dict) -> int:
+        """The number of the record's kind, added if new (`known`: this write's, by their columns)."""
+        values = tuple(_dumps(getattr(record, c)) if c in _JSON_COLUMNS else getattr(record, c)
+                       for c in _KIND_COLUMNS)
+        kind = known.get(values)
+        if kind is None:
+            self.db.execute(f"INSERT OR IGNORE INTO kinds ({','.join(_KIND_COLUMNS)}) "
+                            f"VALUES ({','.join('?' * len(values))})", values)
+            kind = known[values] = self.db.execute(
+                f"SELECT id FROM kinds WHERE {' AND '.join(f'{c} = ?' for c in _KIND_COLUMNS)}", values).fetchone()[0]
+        return kind
 
     def _from_stored_parents(self, record: NodeRecord) -> NodeRecord:
         """A child computed from a parent payload that is not the stored one (two runs
@@ -469,6 +497,7 @@ class Index:
             with ThreadPoolExecutor(1) as pool:
                 beside = None if self._viewed else pool.submit(self._checks_beside, blobs)
                 generation = self.db.execute(_GENERATION).fetchone()
+                kinds = self.db.execute(_KINDS).fetchall()
                 # table order (no sort): a run writes with rising seq, checked below
                 rows = self.db.execute(f"{_FAST_ROWS[blobs]} ORDER BY nodes.rowid").fetchall()
             seen, metrics = beside.result() if beside else (None, None)
@@ -484,16 +513,24 @@ class Index:
         if wanted is not None:
             keep = [row[0] in wanted for row in rows]
             rows, metrics = list(itertools.compress(rows, keep)), list(itertools.compress(metrics, keep))
-        maps, lists = _SharedJSON(dict), _SharedJSON(list)  # one per kind: '{}' is not '[]'
+        maps, lists = _SharedJSON(dict), _SharedJSON(list)  # one per type: '{}' is not '[]'
+        kinds = {number: (recipe, maps[recipe_properties], recipe_version, maps[properties], state_class,
+                          lists[attributes], maps[environment])
+                 for number, recipe, recipe_properties, recipe_version, properties, state_class, attributes,
+                 environment in kinds if type(recipe) is type(recipe_version) is type(state_class) is str}
         records = []
-        for row, measured in zip(rows, metrics):
-            (node, seq, recipe, recipe_properties, recipe_version, properties, state_class, status, error,
-             started, finished, duration, payload, attributes, parents, tags, environment, digests) = row
-            records.append(NodeRecord(
-                node, parents.split(), recipe, maps[recipe_properties], recipe_version, maps[properties],
-                state_class, lists[tags], status, error, started, finished, duration, payload,
-                lists[attributes], None if digests is None else json.loads(digests) if digests != "[]" else [],
-                measured, results.get(node, {}), versions.get(node, {}), maps[environment], seq, ()))
+        try:
+            for row, measured in zip(rows, metrics):
+                node, seq, status, error, started, finished, duration, payload, parents, tags, kind, digests = row
+                recipe, recipe_properties, recipe_version, properties, state_class, attributes, environment = \
+                    kinds[kind]
+                records.append(NodeRecord(
+                    node, parents.split(), recipe, recipe_properties, recipe_version, properties,
+                    state_class, lists[tags], status, error, started, finished, duration, payload, attributes,
+                    None if digests is None else json.loads(digests) if digests != "[]" else [],
+                    measured, results.get(node, {}), versions.get(node, {}), environment, seq, ()))
+        except KeyError:  # a kind that is missing or not as abgraph writes it
+            return None
         if maps.odd or lists.odd or not _hex_only([r.payload for r in records if r.payload is not None]):
             return None
         seqs = [record.seq for record in records]
@@ -521,7 +558,7 @@ class Index:
 
     def _read_checked(self, wanted, results, versions, blobs=True) -> list[NodeRecord]:
         """Row by row, each column checked in Python: slow, and says which row is odd."""
-        rows = self._query(f"{_ROWS[blobs]} ORDER BY seq, id")
+        rows = self._query(f"{_ROWS[blobs]} ORDER BY nodes.seq, nodes.id")
         records = []
         decoded: dict = {}  # JSON text -> value: a sweep repeats its properties and environment
         for row in rows:
@@ -620,11 +657,11 @@ def decode_row(row, path, decoded=None) -> dict:
     return values
 
 
-def _row(record: NodeRecord, seq: int) -> list:
-    """A record as a `nodes` row (its blobs go to `node_blobs`)."""
-    values = dict(record.fields(), seq=seq, parents=" ".join(record.parents),
+def _row(record: NodeRecord, seq: int, kind: int) -> list:
+    """A record as a `nodes` row (its kind is in `kinds`, its blobs in `node_blobs`)."""
+    values = dict(record.fields(), seq=seq, kind=kind, parents=" ".join(record.parents),
                   tags=list(dict.fromkeys(record.tags)))
     if values["parents"].split() != list(record.parents):
         raise ValueError(f"node {record.id[:12]} has a parent id that is empty or holds a space: "
                          f"{record.parents!r}")
-    return [_dumps(values[c]) if c in _JSON_COLUMNS else values[c] for c in _NODE_COLUMNS]
+    return [_dumps(values[c]) if c in _JSON_COLUMNS else values[c] for c in _NODE_COLUMNS + ("kind",)]

@@ -259,7 +259,7 @@ def _salvage(path: Path, report: RepairReport):
     results = {}
     for node, name, version, value in read("SELECT node, name, version, value FROM results", "results table"):
         results.setdefault(node, []).append((name, version, value))
-    rows = read(f"{_ROWS[True]} ORDER BY seq", "nodes table")
+    rows = read(f"{_ROWS[True]} ORDER BY nodes.seq", "nodes table")
     if not rows and "nodes table" in report.lost:
         rows = _row_by_row(db, report)
     db.close()
