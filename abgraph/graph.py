@@ -32,9 +32,10 @@ class NodeSet(list):
         for glob in {glob for alternative in alternatives for _, glob in alternative}:
             if not fnmatch.filter(graph._tag_index, glob):
                 warnings.warn(_no_tag_matches(glob, graph._tag_index), stacklevel=2)
-        ids = graph.tagged(alternatives)
+        matched = graph._matching(alternatives)
         if self is graph.nodes:  # the whole experiment, in the order of its ids: a loop in C
-            return NodeSet(itertools.compress(self, map(ids.__contains__, graph._by_id)))
+            return NodeSet(itertools.compress(self, graph._flags(matched)))
+        ids = set(itertools.compress(graph._by_id, graph._flags(matched)))
         return NodeSet(n for n in self if n.id in ids)
 
     def where(self, **conditions) -> "NodeSet":
@@ -306,6 +307,9 @@ def _number(text):
     return text
 
 
+_BYTE_BITS = [bytes((byte >> bit) & 1 for bit in range(8)) for byte in range(256)]  # 8 flags per byte
+
+
 class ExperimentGraph:
     """Every stored node of an experiment, slim until a node is restored."""
 
@@ -358,28 +362,44 @@ class ExperimentGraph:
 
     @cached_property
     def _tag_index(self) -> dict:
-        """tag -> ids of the nodes carrying it: a filter matches tags, not nodes."""
+        """tag -> the nodes carrying it, as the bits of an int (bit i: the i-th node):
+        a filter matches tags, then combines their nodes a machine word at a time."""
+        carriers: dict = {}  # a sweep's nodes share their tag lists: positions per list
+        for position, node in enumerate(self._by_id.values()):
+            tags = node._ab_record.tags
+            carriers.setdefault(id(tags), (tags, []))[1].append(position)
         index: dict = {}
-        for node_id, node in self._by_id.items():
-            for tag in node._ab_record.tags:
-                index.setdefault(tag, []).append(node_id)
+        for tags, positions in carriers.values():
+            bits = bytearray((len(self._by_id) + 7) // 8)
+            for position in positions:
+                bits[position >> 3] |= 1 << (position & 7)
+            mask = int.from_bytes(bits, "little")
+            for tag in tags:
+                index[tag] = index.get(tag, 0) | mask
         return index
+
+    def _matching(self, alternatives) -> int:
+        """The nodes matching a parsed `NodeSet.filter` pattern, as bits (see `_tag_index`)."""
+        everyone = (1 << len(self._by_id)) - 1
+        matched = 0
+        for alternative in alternatives:
+            kept = everyone
+            for negate, glob in alternative:
+                found = 0
+                for tag in fnmatch.filter(self._tag_index, glob):
+                    found |= self._tag_index[tag]
+                kept = kept & ~found if negate else kept & found
+            matched |= kept
+        return matched
+
+    def _flags(self, mask: int) -> bytes:
+        """One byte per node, 1 where its bit is set in `mask`, for `itertools.compress`."""
+        return b"".join(map(_BYTE_BITS.__getitem__, mask.to_bytes((len(self._by_id) + 7) // 8, "little")))
 
     def tagged(self, pattern) -> set:
         """Ids of the nodes whose tags match a `NodeSet.filter` pattern (or its parse)."""
-        matched = set()
-        for alternative in parse_tag_pattern(pattern) if isinstance(pattern, str) else pattern:
-            ids = None
-            for negate, glob in sorted(alternative):  # what to keep first, then what to drop
-                found = set()
-                for tag in fnmatch.filter(self._tag_index, glob):
-                    found.update(self._tag_index[tag])
-                if negate:
-                    ids = (self._by_id.keys() if ids is None else ids) - found
-                else:
-                    ids = found if ids is None else ids & found
-            matched |= ids
-        return matched
+        alternatives = parse_tag_pattern(pattern) if isinstance(pattern, str) else pattern
+        return set(itertools.compress(self._by_id, self._flags(self._matching(alternatives))))
 
     def children_of(self, node_id) -> NodeSet:
         return NodeSet(self._by_id[c] for c in self._children.get(node_id, ()) if c in self._by_id)

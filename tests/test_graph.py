@@ -345,3 +345,30 @@ def test_drawing_leaves_a_file_named_like_the_output_alone(graph, tmp_path):
     assert (tmp_path / "graph").read_text() == "my notes"
     assert graph.draw(tmp_path / "figure.png").endswith("figure.png") and (tmp_path / "figure").is_dir()
     assert sorted(p.name for p in tmp_path.iterdir()) == ["figure", "figure.png", "graph", "graph.svg"]
+
+
+def test_filter_matches_each_nodes_tags_by_the_pattern_across_many_nodes():
+    """The filter combines tags as bits of one number per tag: over 1,003 nodes (bytes
+    cut mid-way, nodes sharing tag lists or not) it must give what reading each
+    node's tags by the pattern gives."""
+    import fnmatch
+    import random
+
+    from abgraph.graph import ExperimentGraph, parse_tag_pattern
+    from abgraph.store import NodeRecord
+    rng = random.Random(7)
+    shared = [["lr:0.1", "seed:0"], ["lr:0.01", "seed:1", "pruned"], []]
+    records = [NodeRecord(f"{i:032x}", tags=rng.choice(shared) if i % 3 else
+                          rng.sample(["lr:0.1", "lr:0.01", "seed:0", "seed:1", "pruned", "dense"], rng.randint(0, 4)))
+               for i in range(1003)]
+    nodes = ExperimentGraph(records, None).nodes
+
+    def by_hand(tags, pattern):
+        return any(all(any(fnmatch.fnmatchcase(t, glob) for t in tags) != negate for negate, glob in alternative)
+                   for alternative in parse_tag_pattern(pattern))
+    for pattern in ("pruned", "!pruned", "lr:0.1*", "lr:0.01 & !seed:0", "lr:* & !pruned | dense",
+                    "!lr:* | seed:1 & pruned", "seed:? & !seed:1 & !dense"):
+        expected = [n.id for n in nodes if by_hand(n._ab_record.tags, pattern)]
+        assert nodes.filter(pattern).ids == expected, pattern
+        subset = nodes[500:]  # a NodeSet that is not the whole graph
+        assert subset.filter(pattern).ids == [i for i in expected if int(i, 16) >= 500], pattern
